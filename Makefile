@@ -1,0 +1,61 @@
+# tagstream: the two commands are `make demo` and `make test`; everything they need is set up here.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_BIN ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+FILE ?= demo/sample_stream.jsonl
+RATE ?= 0
+
+.PHONY: help setup venv kafka-jars model up down status replay demo test test-unit lint bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON_BIN) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[local,dev]'
+	touch $@
+
+venv: $(STAMP)  ## the Python environment, pinned by constraints.txt
+
+kafka-jars:  ## Apache Kafka's jars from Maven Central, cached in .cache/kafka
+	scripts/kafka.sh fetch
+
+model: $(STAMP)  ## the model the local Triton serves (stand-in weights; see model_repository/README.md)
+	$(PY) tools/make_standin_model.py --out model_repository/resnet50/1/model.onnx
+
+setup: venv kafka-jars model  ## everything the stack and the tests need
+	scripts/triton.sh setup
+
+up: setup  ## start Kafka, Triton and the four services in the background
+	scripts/stack.sh up
+
+down:  ## stop everything `make up` started
+	scripts/stack.sh down
+
+status:  ## what is running
+	scripts/stack.sh status
+
+replay: venv  ## replay a recorded stream: make replay FILE=path [RATE=posts/s]
+	$(PY) -m services.ingest replay $(FILE) --rate $(RATE)
+
+demo: up  ## bring the stack up, replay the sample stream, show predictions arriving
+	$(PY) -m tools.demo --file $(FILE)
+
+test: setup  ## the whole suite: unit tests, then integration tests on the real stack
+	$(PY) -m pytest -q -ra
+
+test-unit: venv  ## only the tests that need no running stack
+	$(PY) -m pytest -q -m 'not integration'
+
+lint: venv  ## ruff and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+clean: down  ## remove the run directory (data, logs)
+	rm -rf .run

@@ -1,0 +1,1 @@
+"""classifier: batches `images` through Triton and writes hashtag suggestions to `predictions`."""

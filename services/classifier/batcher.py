@@ -1,0 +1,80 @@
+"""Micro-batching: single submissions gathered into batches bounded by size and by wait time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+BatchFn = Callable[[Sequence[Item]], Awaitable[Sequence[Result]]]
+
+
+class MicroBatcher(Generic[Item, Result]):
+    """`await submit(item)` returns that item's result from a batched call of `run_batch`.
+
+    A batch closes when it holds `max_batch` items or `max_wait_s` after its first item,
+    whichever comes first; at most `max_concurrent` batches run at once. If the batch call
+    raises, every item of the batch gets the exception.
+    """
+
+    def __init__(
+        self, run_batch: BatchFn[Item, Result], max_batch: int, max_wait_s: float, max_concurrent: int
+    ) -> None:
+        self._run_batch = run_batch
+        self._max_batch = max_batch
+        self._max_wait_s = max_wait_s
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self._queue: asyncio.Queue[tuple[Item, asyncio.Future[Result]]] = asyncio.Queue()
+        self._collector: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def submit(self, item: Item) -> Result:
+        if self._collector is None:
+            self._collector = asyncio.create_task(self._collect_forever())
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        await self._queue.put((item, future))
+        return await future
+
+    async def close(self) -> None:
+        if self._collector is not None:
+            self._collector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._collector
+        if self._running:
+            await asyncio.wait(self._running)
+
+    async def _collect_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._slots.acquire()  # collect the next batch only when it can be sent
+            batch = [await self._queue.get()]
+            deadline = loop.time() + self._max_wait_s
+            while len(batch) < self._max_batch:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                except TimeoutError:
+                    break
+            task = asyncio.create_task(self._send(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _send(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
+        try:
+            results = await self._run_batch([item for item, _ in batch])
+        except Exception as exc:  # noqa: BLE001 - handed to every waiting submitter
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+        else:
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+        finally:
+            self._slots.release()

@@ -1,0 +1,29 @@
+"""classifier's settings (`CLASSIFIER_*`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import StreamSettings
+
+
+class ClassifierSettings(StreamSettings):
+    model_config = SettingsConfigDict(env_prefix="CLASSIFIER_")
+
+    metrics_port: int = 9103
+    input_topic: str = "images"
+    output_topic: str = "predictions"
+    group_id: str = "classifier"
+    max_in_flight: int = 128
+    triton_url: str = "localhost:8001"
+    model_name: str = "resnet50"
+    #: empty: the newest version Triton serves
+    model_version: str = ""
+    max_batch_size: int = 16
+    max_batch_wait_ms: float = 20.0
+    max_requests_in_flight: int = 2
+    request_timeout_s: float = 30.0
+    #: class → hashtag mapping with per-class thresholds; default: the file shipped with the package
+    hashtags_file: Path | None = None

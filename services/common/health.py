@@ -1,0 +1,43 @@
+"""The `/metrics` and `/healthz` endpoints every service serves on its own port."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+ReadinessCheck = Callable[[], str | None]
+"""Returns None when ready, else why not."""
+
+
+class HealthServer:
+    def __init__(self, port: int, host: str = "0.0.0.0") -> None:  # noqa: S104 - pods listen on all interfaces
+        self.port = port
+        self.host = host
+        self._checks: list[ReadinessCheck] = []
+        self.app = web.Application()
+        self.app.router.add_get("/metrics", self._metrics)
+        self.app.router.add_get("/healthz", self._healthz)
+        self._runner: web.AppRunner | None = None
+
+    def add_check(self, check: ReadinessCheck) -> None:
+        self._checks.append(check)
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.host, self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        problems = [p for p in (check() for check in self._checks) if p]
+        if problems:
+            return web.json_response({"status": "unavailable", "problems": problems}, status=503)
+        return web.json_response({"status": "ok"})

@@ -1,0 +1,164 @@
+"""The one place Kafka clients are configured and created.
+
+The producer is confluent-kafka's own `Producer` with its delivery reports turned into
+asyncio futures (the library's `AIOProducer` cannot send headers, which dead letters need);
+the consumer is the library's `AIOConsumer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.aio import AIOConsumer
+
+from .settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+class DeliveryError(RuntimeError):
+    """The broker did not take a record."""
+
+
+class AsyncProducer:
+    """`produce()` returns a future resolved by the broker's delivery report."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self._producer = Producer(config)
+        self._stopping = threading.Event()
+        self._poller = threading.Thread(target=self._poll_forever, name="kafka-producer-poll", daemon=True)
+        self._poller.start()
+
+    def _poll_forever(self) -> None:
+        while not self._stopping.is_set():
+            self._producer.poll(0.1)
+
+    def produce(
+        self, topic: str, value: bytes, key: str | bytes | None = None, headers: Headers | None = None
+    ) -> asyncio.Future[Message]:
+        loop = asyncio.get_running_loop()
+        delivered: asyncio.Future[Message] = loop.create_future()
+
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            loop.call_soon_threadsafe(_settle, delivered, err, msg)
+
+        wire_headers: list[tuple[str, str | bytes | None]] = list(headers or ())
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key, headers=wire_headers, on_delivery=on_delivery)
+                return delivered
+            except BufferError:
+                # The local queue is full: let delivery reports drain it, then try again.
+                self._producer.poll(0.05)
+
+    async def flush(self, wait_s: float = 30.0) -> int:
+        """Wait for every queued record; return how many are still undelivered."""
+        remaining: int = await asyncio.to_thread(self._producer.flush, wait_s)
+        return remaining
+
+    async def close(self) -> None:
+        remaining = await self.flush()
+        if remaining:
+            log.error("producer closed with undelivered records", extra={"fields": {"undelivered": remaining}})
+        self._stopping.set()
+        await asyncio.to_thread(self._poller.join)
+
+
+def _settle(future: asyncio.Future[Message], err: KafkaError | None, msg: Message) -> None:
+    if future.done():
+        return
+    if err is not None:
+        future.set_exception(DeliveryError(str(err)))
+    else:
+        future.set_result(msg)
+
+
+def producer_config(kafka: KafkaSettings, client_id: str, **overrides: Any) -> dict[str, Any]:
+    config = kafka.client_config() | {
+        "client.id": client_id,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "compression.type": "lz4",
+    }
+    return config | overrides
+
+
+def consumer_config(
+    kafka: KafkaSettings,
+    group_id: str,
+    client_id: str,
+    on_stats: Callable[[str], Awaitable[None]] | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    config = kafka.client_config() | {
+        "group.id": group_id,
+        "client.id": client_id,
+        "auto.offset.reset": "earliest",
+        # Offsets are stored by the stream loop only once a record's outputs are delivered;
+        # librdkafka then commits the stored offsets in the background and on rebalance.
+        "enable.auto.commit": True,
+        "enable.auto.offset.store": False,
+        "auto.commit.interval.ms": 1000,
+        "partition.assignment.strategy": "cooperative-sticky",
+    }
+    if on_stats is not None:
+        config["statistics.interval.ms"] = 5000
+        config["stats_cb"] = on_stats
+    return config | overrides
+
+
+def new_consumer(config: dict[str, Any]) -> AIOConsumer:
+    """An asyncio consumer; callbacks in `config` (stats_cb, error_cb) must be coroutines."""
+    return AIOConsumer(config, max_workers=2)
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int = 3
+    config: dict[str, str] = field(default_factory=dict)
+
+
+# The topics of the pipeline: one place, read by `ensure_topics` and the deployment tests.
+PIPELINE_TOPICS: tuple[TopicSpec, ...] = (
+    TopicSpec("tweets", 3, {"retention.ms": str(7 * 24 * 3600 * 1000)}),
+    TopicSpec("tweets.dlq", 1, {"retention.ms": str(14 * 24 * 3600 * 1000)}),
+    TopicSpec("images", 3, {"retention.ms": str(24 * 3600 * 1000), "max.message.bytes": str(2 * 1024 * 1024)}),
+    TopicSpec("images.dlq", 1, {"retention.ms": str(14 * 24 * 3600 * 1000)}),
+    TopicSpec("predictions", 3, {"retention.ms": str(30 * 24 * 3600 * 1000)}),
+    TopicSpec("predictions.dlq", 1, {"retention.ms": str(14 * 24 * 3600 * 1000)}),
+)
+
+
+def ensure_topics(
+    kafka: KafkaSettings, specs: Sequence[TopicSpec] = PIPELINE_TOPICS, timeout: float = 30.0
+) -> list[str]:
+    """Create the topics that do not exist yet; return the names created."""
+    admin = AdminClient(kafka.client_config())
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    wanted = [
+        NewTopic(spec.name, num_partitions=spec.partitions, replication_factor=-1, config=spec.config)
+        for spec in specs
+        if spec.name not in existing
+    ]
+    if not wanted:
+        return []
+    created = []
+    for name, future in admin.create_topics(wanted, operation_timeout=timeout).items():
+        try:
+            future.result()
+            created.append(name)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+    return created

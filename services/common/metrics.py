@@ -1,0 +1,56 @@
+"""Prometheus metrics every stage shares; the `stage` label says which service counted."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from prometheus_client import Counter, Gauge, Histogram
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+RECORDS_CONSUMED = Counter("tagstream_records_consumed_total", "Records read from the input topic.", ["stage", "topic"])
+RECORDS_PRODUCED = Counter(
+    "tagstream_records_produced_total", "Records delivered to an output topic.", ["stage", "topic"]
+)
+RECORDS_SKIPPED = Counter(
+    "tagstream_records_skipped_total",
+    "Input that needs no output by design (for example a post without images).",
+    ["stage", "reason"],
+)
+DEAD_LETTERS = Counter("tagstream_dead_letters_total", "Records sent to a dead-letter topic.", ["stage", "reason"])
+PROCESSING_SECONDS = Histogram(
+    "tagstream_processing_seconds",
+    "From a record's arrival in the stage to its outputs being delivered.",
+    ["stage"],
+    buckets=LATENCY_BUCKETS,
+)
+END_TO_END_SECONDS = Histogram(
+    "tagstream_end_to_end_latency_seconds",
+    "From the post's ingest timestamp to this stage's output being delivered.",
+    ["stage", "priority"],
+    buckets=LATENCY_BUCKETS,
+)
+IN_FLIGHT = Gauge("tagstream_records_in_flight", "Records being processed now.", ["stage"])
+CONSUMER_LAG = Gauge(
+    "tagstream_consumer_lag_records",
+    "Records behind the high watermark, per partition this stage owns (librdkafka statistics).",
+    ["stage", "topic", "partition"],
+)
+
+
+def record_consumer_lag(stage: str, stats_json: str) -> None:
+    """Feed CONSUMER_LAG from a librdkafka statistics callback payload."""
+    try:
+        stats = json.loads(stats_json)
+    except ValueError:
+        log.warning("unparseable librdkafka statistics")
+        return
+    for topic, topic_stats in stats.get("topics", {}).items():
+        for partition, part in topic_stats.get("partitions", {}).items():
+            lag = part.get("consumer_lag", -1)
+            if partition == "-1" or lag < 0:
+                continue
+            CONSUMER_LAG.labels(stage, topic, partition).set(lag)

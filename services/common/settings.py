@@ -1,0 +1,58 @@
+"""Typed settings shared by every service; each service subclasses `StreamSettings` with its own prefix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class KafkaSettings(BaseSettings):
+    """How to reach the Kafka cluster (`KAFKA_*`)."""
+
+    model_config = SettingsConfigDict(env_prefix="KAFKA_")
+
+    bootstrap_servers: str = "localhost:9092"
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+
+    def client_config(self) -> dict[str, Any]:
+        """librdkafka settings common to producers, consumers and admin clients."""
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            config["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            config["sasl.username"] = self.sasl_username
+        if self.sasl_password:
+            config["sasl.password"] = self.sasl_password.get_secret_value()
+        return config
+
+
+class ServiceSettings(BaseSettings):
+    """What every service has: Kafka, its metrics/health port, log level."""
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    metrics_port: int = 9100
+    log_level: str = Field(default="INFO", validation_alias="LOG_LEVEL")
+
+
+class StreamSettings(ServiceSettings):
+    """A consume → process → produce service."""
+
+    input_topic: str
+    group_id: str
+    output_topic: str = ""
+    max_in_flight: int = 64
+    consume_batch_size: int = 64
+    #: dead letters go to `<input topic><dlq_suffix>`
+    dlq_suffix: str = ".dlq"
+
+    @property
+    def dlq_topic(self) -> str:
+        return self.input_topic + self.dlq_suffix

@@ -1,0 +1,259 @@
+"""The consume → process → produce loop every consuming service runs.
+
+A service supplies one coroutine, `handle(record) -> outputs`; the loop owns the rest:
+decoding, bounded concurrency, delivery, dead letters, retries and commits. Offsets are
+stored only after every output of a record (or its dead letter) is acknowledged by the
+broker, and only up to the first unfinished record of each partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Message, TopicPartition
+from confluent_kafka.aio import AIOConsumer
+
+from . import metrics
+from .avro import AvroDecodeError, Codec
+from .kafka import AsyncProducer, Headers, consumer_config, new_consumer, producer_config
+from .offsets import PartitionOffsets
+from .runtime import Runtime
+from .settings import StreamSettings
+from .timeutil import now_ms
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Output:
+    topic: str
+    value: bytes
+    key: str | None = None
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """Part of a record failed (one image of a post): the input goes to the DLQ for that part."""
+
+    reason: str
+    detail: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+class RecordError(Exception):
+    """This record can never be processed: it goes to the dead-letter topic with `reason`."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class RetryableError(Exception):
+    """A dependency is unavailable: retry the record later, never drop or commit it."""
+
+
+Handler = Callable[[dict[str, Any]], Awaitable[Sequence[Output | DeadLetter]]]
+
+
+class StreamLoop:
+    def __init__(
+        self,
+        *,
+        stage: str,
+        settings: StreamSettings,
+        codec: Codec,
+        handle: Handler,
+        producer: AsyncProducer,
+        retry_initial_s: float = 0.5,
+        retry_max_s: float = 30.0,
+    ) -> None:
+        self.stage = stage
+        self.settings = settings
+        self.codec = codec
+        self.handle = handle
+        self.producer = producer
+        self.retry_initial_s = retry_initial_s
+        self.retry_max_s = retry_max_s
+        self.assigned = False
+        self._offsets: dict[tuple[str, int], PartitionOffsets] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._consumer: AIOConsumer | None = None
+        self._in_flight = metrics.IN_FLIGHT.labels(stage)
+
+    def readiness(self) -> str | None:
+        return None if self.assigned else f"{self.stage} has no partitions of {self.settings.input_topic} yet"
+
+    async def run(self, stop: asyncio.Event) -> None:
+        config = consumer_config(
+            self.settings.kafka, self.settings.group_id, f"tagstream-{self.stage}", on_stats=self._on_stats
+        )
+        consumer = new_consumer(config)
+        self._consumer = consumer
+        await consumer.subscribe(
+            [self.settings.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+        )
+        log.info("consuming", extra={"fields": {"topic": self.settings.input_topic, "group": self.settings.group_id}})
+        try:
+            while not stop.is_set():
+                room = self.settings.max_in_flight - len(self._tasks)
+                if room <= 0:
+                    await self._wait_for_room(consumer, stop)
+                    continue
+                messages = await consumer.consume(num_messages=min(room, self.settings.consume_batch_size), timeout=0.5)
+                for message in messages:
+                    self._start(message)
+        finally:
+            await self._drain()
+            await consumer.close()
+            log.info("consumer closed", extra={"fields": {"stage": self.stage}})
+
+    async def _wait_for_room(self, consumer: AIOConsumer, stop: asyncio.Event) -> None:
+        """Pause fetching while the in-flight window is full, polling so the group keeps us."""
+        partitions = await consumer.assignment()
+        await consumer.pause(partitions)
+        try:
+            while len(self._tasks) >= self.settings.max_in_flight and not stop.is_set():
+                done, _ = await asyncio.wait(self._tasks, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    await consumer.consume(num_messages=1, timeout=0)
+        finally:
+            await consumer.resume(partitions)
+
+    def _start(self, message: Message) -> None:
+        error = message.error()
+        if error is not None:
+            log.warning("consumer error", extra={"fields": {"error": str(error)}})
+            return
+        topic, partition, offset = _position(message)
+        tracker = self._offsets.setdefault((topic, partition), PartitionOffsets())
+        tracker.add(offset)
+        metrics.RECORDS_CONSUMED.labels(self.stage, topic).inc()
+        task = asyncio.create_task(self._process(message))
+        self._tasks.add(task)
+        self._in_flight.set(len(self._tasks))
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._in_flight.set(len(self._tasks))
+        if not task.cancelled() and task.exception() is not None:
+            log.error("record task failed", exc_info=task.exception())
+
+    async def _process(self, message: Message) -> None:
+        started = time.monotonic()
+        record: dict[str, Any] | None = None
+        try:
+            record = self.codec.decode(message.value())
+            results = await self._handle_with_retries(record)
+            outputs = [r for r in results if isinstance(r, Output)]
+            await self._deliver(outputs)
+            for letter in (r for r in results if isinstance(r, DeadLetter)):
+                await self._dead_letter(message, letter.reason, letter.detail, letter.headers)
+        except AvroDecodeError as exc:
+            await self._dead_letter(message, "bad_avro", str(exc))
+        except RecordError as exc:
+            await self._dead_letter(message, exc.reason, exc.detail)
+        except Exception as exc:
+            log.exception("unexpected error on a record", extra={"fields": _where(message)})
+            await self._dead_letter(message, "internal_error", f"{type(exc).__name__}: {exc}")
+        else:
+            metrics.PROCESSING_SECONDS.labels(self.stage).observe(time.monotonic() - started)
+            if record is not None:
+                latency_s = (now_ms() - record["ingest_ts_ms"]) / 1000
+                metrics.END_TO_END_SECONDS.labels(self.stage, str(record["priority"])).observe(latency_s)
+        await self._complete(message)
+
+    async def _handle_with_retries(self, record: dict[str, Any]) -> Sequence[Output | DeadLetter]:
+        delay = self.retry_initial_s
+        while True:
+            try:
+                return await self.handle(record)
+            except RetryableError as exc:
+                log.warning(
+                    "dependency unavailable, will retry",
+                    extra={"fields": {"stage": self.stage, "error": str(exc), "retry_in_s": delay}},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max_s)
+
+    async def _deliver(self, outputs: Sequence[Output]) -> None:
+        futures = [self.producer.produce(o.topic, o.value, key=o.key) for o in outputs]
+        # A delivery failure raises here and is retried by librdkafka inside its
+        # message timeout; if it still fails the task fails and the offset is never stored.
+        for output, future in zip(outputs, futures, strict=True):
+            await future
+            metrics.RECORDS_PRODUCED.labels(self.stage, output.topic).inc()
+
+    async def _dead_letter(
+        self, message: Message, reason: str, detail: str, extra: Sequence[tuple[str, str]] = ()
+    ) -> None:
+        log.warning("dead letter", extra={"fields": {**_where(message), "reason": reason, "detail": detail}})
+        headers: Headers = [(name, value.encode()) for name, value in extra] + [
+            ("error", reason.encode()),
+            ("error_detail", detail.encode(errors="replace")[:2000]),
+            ("stage", self.stage.encode()),
+            ("source_topic", str(message.topic()).encode()),
+            ("source_partition", str(message.partition()).encode()),
+            ("source_offset", str(message.offset()).encode()),
+        ]
+        key = message.key()
+        await self.producer.produce(self.settings.dlq_topic, message.value() or b"", key=key, headers=headers)
+        metrics.DEAD_LETTERS.labels(self.stage, reason).inc()
+
+    async def _complete(self, message: Message) -> None:
+        topic, partition, offset = _position(message)
+        tracker = self._offsets.get((topic, partition))
+        if tracker is None:  # revoked meanwhile: the new owner re-reads it
+            return
+        position = tracker.complete(offset)
+        if position is not None and self._consumer is not None:
+            await self._consumer.store_offsets(offsets=[TopicPartition(topic, partition, position)])
+
+    async def _drain(self, wait_s: float = 30.0) -> None:
+        if self._tasks:
+            log.info("draining in-flight records", extra={"fields": {"count": len(self._tasks)}})
+            _, pending = await asyncio.wait(self._tasks, timeout=wait_s)
+            for task in pending:
+                task.cancel()
+
+    async def _on_assign(self, _consumer: AIOConsumer, partitions: list[TopicPartition]) -> None:
+        self.assigned = True
+        log.info("partitions assigned", extra={"fields": {"partitions": [p.partition for p in partitions]}})
+
+    async def _on_revoke(self, _consumer: AIOConsumer, partitions: list[TopicPartition]) -> None:
+        for p in partitions:
+            self._offsets.pop((p.topic, p.partition), None)
+        log.info("partitions revoked", extra={"fields": {"partitions": [p.partition for p in partitions]}})
+
+    async def _on_stats(self, stats_json: str) -> None:
+        metrics.record_consumer_lag(self.stage, stats_json)
+
+
+def _position(message: Message) -> tuple[str, int, int]:
+    """Topic, partition and offset of a consumed (hence fully positioned) message."""
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    assert topic is not None
+    assert partition is not None
+    assert offset is not None
+    return topic, partition, offset
+
+
+def _where(message: Message) -> dict[str, Any]:
+    return {"topic": message.topic(), "partition": message.partition(), "offset": message.offset()}
+
+
+async def run_stream(runtime: Runtime, settings: StreamSettings, codec: Codec, handle: Handler) -> None:
+    """Run one StreamLoop with its own producer until `runtime.stop` is set."""
+    producer = AsyncProducer(producer_config(settings.kafka, f"tagstream-{runtime.stage}"))
+    loop = StreamLoop(stage=runtime.stage, settings=settings, codec=codec, handle=handle, producer=producer)
+    runtime.health.add_check(loop.readiness)
+    try:
+        await loop.run(runtime.stop)
+    finally:
+        await producer.close()

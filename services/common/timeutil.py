@@ -1,0 +1,7 @@
+"""Wall-clock milliseconds, the unit of every timestamp in the records."""
+
+import time
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000

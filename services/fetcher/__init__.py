@@ -1,0 +1,1 @@
+"""fetcher: download, check and decode each image of a post into the `images` topic."""

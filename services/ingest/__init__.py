@@ -1,0 +1,1 @@
+"""ingest: posts from the X API v2 filtered stream (or a replay file) into the `tweets` topic."""

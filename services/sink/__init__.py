@@ -1,0 +1,1 @@
+"""sink: predictions into a store, served as a JSON API."""

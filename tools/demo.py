@@ -1,0 +1,72 @@
+"""`make demo`: replay the sample stream into the running stack and show the predictions arriving."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+SINK_API = "http://localhost:8080/api/predictions"
+
+
+def expected_images(path: Path) -> set[tuple[str, str]]:
+    """(tweet id, media key) of every image in a stream file that is meant to be fetchable."""
+    wanted = set()
+    for line in path.read_text().splitlines():
+        try:
+            payload = json.loads(line)
+        except ValueError:
+            continue
+        for media in payload.get("includes", {}).get("media", []):
+            url = media.get("url") or media.get("preview_image_url") or ""
+            if "/photo-" in url:
+                wanted.add((payload["data"]["id"], media["media_key"]))
+    return wanted
+
+
+def fetch_recent(limit: int = 500) -> list[dict[str, Any]]:
+    with urllib.request.urlopen(f"{SINK_API}?limit={limit}", timeout=5) as response:
+        items: list[dict[str, Any]] = json.load(response)["items"]
+        return items
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m tools.demo")
+    parser.add_argument("--file", type=Path, default=Path("demo/sample_stream.jsonl"))
+    parser.add_argument("--timeout", type=float, default=180.0)
+    args = parser.parse_args()
+    wanted = expected_images(args.file)
+    started_ms = int(time.time() * 1000)
+    print(f"replaying {args.file}: {len(wanted)} images to classify", flush=True)
+    subprocess.run([sys.executable, "-m", "services.ingest", "replay", str(args.file)], check=True)
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    deadline = time.monotonic() + args.timeout
+    while len(seen) < len(wanted) and time.monotonic() < deadline:
+        for item in fetch_recent():
+            key = (item["tweet_id"], item["media_key"])
+            if key in wanted and key not in seen and item["classify_ts_ms"] >= started_ms:
+                seen[key] = item
+                tags = ", ".join(f"#{h['hashtag']} {h['score']:.2f}" for h in item["hashtags"])
+                print(f"  {item['tweet_id']} {item['media_key']}: {tags}  ({item['end_to_end_ms']} ms end to end)")
+        time.sleep(1)
+    print(f"\n{len(seen)} of {len(wanted)} images classified.")
+    print(
+        "Where to look:\n"
+        f"  predictions API   {SINK_API}\n"
+        "  metrics           http://localhost:9101/metrics (ingest) 9102 (fetcher) 9103 (classifier) 9104 (sink)\n"
+        "  Triton            http://localhost:8000/v2/models/resnet50, metrics http://localhost:8002/metrics\n"
+        "  dead letters      topic tweets.dlq (bad payloads, images that could not be fetched or decoded)\n"
+        "  logs              .run/logs/\n"
+        "  stop everything   make down"
+    )
+    if len(seen) < len(wanted):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
