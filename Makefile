@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 FILE ?= demo/sample_stream.jsonl
 RATE ?= 0
 
-.PHONY: help setup venv kafka-jars model up down status replay demo test test-unit lint bench clean
+.PHONY: help setup system-deps venv kafka-jars model up down status replay demo test test-unit lint bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,7 +28,10 @@ kafka-jars:  ## Apache Kafka's jars from Maven Central, cached in .cache/kafka
 model: $(STAMP)  ## the model the local Triton serves (stand-in weights; see model_repository/README.md)
 	$(PY) tools/make_standin_model.py --out model_repository/resnet50/1/model.onnx
 
-setup: venv kafka-jars model  ## everything the stack and the tests need
+system-deps:  ## Debian packages (scripts/system-deps.sh), installed only when missing
+	scripts/system-deps.sh
+
+setup: system-deps venv kafka-jars model  ## everything the stack and the tests need
 	scripts/triton.sh setup
 
 up: setup  ## start Kafka, Triton and the four services in the background
@@ -51,6 +54,9 @@ test: setup  ## the whole suite: unit tests, then integration tests on the real 
 
 test-unit: venv  ## only the tests that need no running stack
 	$(PY) -m pytest -q -m 'not integration'
+
+bench: setup  ## the benchmarks: a table, and bench/results/latest.json (ONLY="name ..." for some)
+	$(PY) -m bench.run $(if $(ONLY),--only $(ONLY))
 
 lint: venv  ## ruff and mypy
 	$(VENV)/bin/ruff check .

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The local stack, no Docker: Kafka, Triton, the demo image server and the four services.
 #
-# Usage: scripts/stack.sh {up|down|status}
-#   up      start whatever is not running yet, create the topics, return when all are ready
-#   down    stop everything `up` started; leaves no process behind
-#   status  one line per part
+# Usage: scripts/stack.sh {up|down|status|restart [service ...]}
+#   up       start whatever is not running yet, create the topics, return when all are ready
+#   down     stop everything `up` started; leaves no process behind
+#   status   one line per part
+#   restart  stop and start the named services (default: all four), e.g. after a code change
 #
 # Settings of the services: deploy/local/services.env. Logs: .run/logs/<part>.log.
 set -euo pipefail
@@ -107,8 +108,17 @@ cmd_status() {
   return $rc
 }
 
+cmd_restart() {
+  local service
+  (($# > 0)) || set -- "${SERVICES[@]}"
+  for service in "$@"; do stop_bg "$service"; done
+  for service in "$@"; do start_bg "$service" "$PYTHON" -m "services.$service"; done
+  for service in "$@"; do wait_healthy "$service" "http://127.0.0.1:${HEALTH_PORT[$service]}/healthz"; done
+}
+
 case "${1:-}" in
   up) cmd_up ;;
+  restart) shift; cmd_restart "$@" ;;
   down) cmd_down ;;
   status) cmd_status ;;
   *) echo "usage: $0 {up|down|status}" >&2; exit 2 ;;

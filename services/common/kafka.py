@@ -129,14 +129,19 @@ class TopicSpec:
     config: dict[str, str] = field(default_factory=dict)
 
 
+DAY_MS = 24 * 3600 * 1000
+
 # The topics of the pipeline: one place, read by `ensure_topics` and the deployment tests.
+# `<input>.dlq` holds dead letters, `<input>.shed` the audit trail of records shed under load.
 PIPELINE_TOPICS: tuple[TopicSpec, ...] = (
-    TopicSpec("tweets", 3, {"retention.ms": str(7 * 24 * 3600 * 1000)}),
-    TopicSpec("tweets.dlq", 1, {"retention.ms": str(14 * 24 * 3600 * 1000)}),
-    TopicSpec("images", 3, {"retention.ms": str(24 * 3600 * 1000), "max.message.bytes": str(2 * 1024 * 1024)}),
-    TopicSpec("images.dlq", 1, {"retention.ms": str(14 * 24 * 3600 * 1000)}),
-    TopicSpec("predictions", 3, {"retention.ms": str(30 * 24 * 3600 * 1000)}),
-    TopicSpec("predictions.dlq", 1, {"retention.ms": str(14 * 24 * 3600 * 1000)}),
+    TopicSpec("tweets", 3, {"retention.ms": str(7 * DAY_MS)}),
+    TopicSpec("tweets.dlq", 1, {"retention.ms": str(14 * DAY_MS)}),
+    TopicSpec("tweets.shed", 1, {"retention.ms": str(3 * DAY_MS)}),
+    TopicSpec("images", 3, {"retention.ms": str(DAY_MS), "max.message.bytes": str(2 * 1024 * 1024)}),
+    TopicSpec("images.dlq", 1, {"retention.ms": str(14 * DAY_MS), "max.message.bytes": str(2 * 1024 * 1024)}),
+    TopicSpec("images.shed", 1, {"retention.ms": str(3 * DAY_MS), "max.message.bytes": str(2 * 1024 * 1024)}),
+    TopicSpec("predictions", 3, {"retention.ms": str(30 * DAY_MS)}),
+    TopicSpec("predictions.dlq", 1, {"retention.ms": str(14 * DAY_MS)}),
 )
 
 
