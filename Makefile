@@ -25,8 +25,8 @@ venv: $(STAMP)  ## the Python environment, pinned by constraints.txt
 kafka-jars:  ## Apache Kafka's jars from Maven Central, cached in .cache/kafka
 	scripts/kafka.sh fetch
 
-model: $(STAMP)  ## the model the local Triton serves (stand-in weights; see model_repository/README.md)
-	$(PY) tools/make_standin_model.py --out model_repository/resnet50/1/model.onnx
+model: $(STAMP)  ## export ResNet50 to ONNX (CHECKPOINT=path for fine-tuned weights, FORCE=1 to redo)
+	$(PY) -m tools.model.export $(if $(CHECKPOINT),--source checkpoint --checkpoint $(CHECKPOINT)) $(if $(FORCE),--force)
 
 system-deps:  ## Debian packages (scripts/system-deps.sh), installed only when missing
 	scripts/system-deps.sh

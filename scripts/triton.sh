@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run the CPU-only Triton server shipped in the nvidia-pytriton wheel, serving
-# our own model repository (model_repository/resnet50: ONNX via the Python backend).
+# our own model repository (model_repository/cpu: the ONNX model via the Python backend).
 #
 #   scripts/triton.sh setup    backend dir + stand-in model if missing (idempotent)
 #   scripts/triton.sh start    setup, start in the background, wait until ready
@@ -11,9 +11,9 @@
 #   PYTHON [.venv/bin/python]  interpreter of the venv holding nvidia-pytriton,
 #                              numpy and onnxruntime; its libpython and its venv
 #                              are handed to the Python backend stub (see start)
-#   MODEL_REPOSITORY [model_repository]   CACHE_DIR [.cache]   RUN_DIR [.run]
+#   MODEL_REPOSITORY [model_repository/cpu]   CACHE_DIR [.cache]   RUN_DIR [.run]
 #   HTTP_PORT [8000]  GRPC_PORT [8001]  METRICS_PORT [8002]
-#   START_TIMEOUT [120]  STOP_TIMEOUT [30]  (seconds)
+#   START_TIMEOUT [120]  STOP_TIMEOUT [30]  (seconds)   TRITON_READY_MODEL [resnet50]
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,7 +22,7 @@ cd "$ROOT"
 abspath() { case "$1" in /*) echo "$1" ;; *) echo "$ROOT/$1" ;; esac; }
 
 PYTHON="$(abspath "${PYTHON:-.venv/bin/python}")"
-MODEL_REPOSITORY="$(abspath "${MODEL_REPOSITORY:-model_repository}")"
+MODEL_REPOSITORY="$(abspath "${MODEL_REPOSITORY:-model_repository/cpu}")"
 CACHE_DIR="$(abspath "${CACHE_DIR:-.cache}")"
 RUN_DIR="$(abspath "${RUN_DIR:-.run}")"
 HTTP_PORT="${HTTP_PORT:-8000}"
@@ -31,7 +31,7 @@ METRICS_PORT="${METRICS_PORT:-8002}"
 START_TIMEOUT="${START_TIMEOUT:-120}"
 STOP_TIMEOUT="${STOP_TIMEOUT:-30}"
 
-MODEL_NAME="resnet50"
+MODEL_NAME="${TRITON_READY_MODEL:-resnet50}"  # start waits for this model
 BACKEND_ROOT="$CACHE_DIR/triton/backends"
 PID_FILE="$RUN_DIR/triton.pid"
 LOG_FILE="$RUN_DIR/logs/triton.log"
@@ -89,8 +89,8 @@ setup_model() {
     "$PYTHON" -c "import numpy, onnxruntime" ||
         die "$PYTHON lacks numpy/onnxruntime, which model.py needs (pip install -e '.[local]')"
     [[ -f "$onnx" ]] && return 0
-    log "building stand-in model at $onnx"
-    "$PYTHON" tools/make_standin_model.py --out "$onnx"
+    log "exporting the model to $onnx"
+    "$PYTHON" -m tools.model.export
 }
 
 cmd_setup() {

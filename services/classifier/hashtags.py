@@ -1,4 +1,4 @@
-"""From a model's class scores to hashtag suggestions: per-class thresholds, top-k, a fallback."""
+"""From a model's label scores to hashtag suggestions: per-label thresholds, top-k, a fallback."""
 
 from __future__ import annotations
 
@@ -18,35 +18,54 @@ class ClassTag:
 
 
 @dataclass(frozen=True)
+class HashtagRules:
+    """The checked-in rules, before they meet a model's labels."""
+
+    top_k: int
+    fallback: str
+    default_threshold: float
+    overrides: dict[str, dict[str, Any]]
+
+    def for_labels(self, labels: Sequence[str]) -> HashtagConfig:
+        """The rules applied to a model's labels, in the model's output order."""
+        unknown = set(self.overrides) - set(labels)
+        if unknown:
+            raise ValueError(f"the hashtag rules name labels the model does not have: {sorted(unknown)}")
+        classes = tuple(
+            ClassTag(
+                label,
+                str(self.overrides.get(label, {}).get("hashtag", label)),
+                float(self.overrides.get(label, {}).get("threshold", self.default_threshold)),
+            )
+            for label in labels
+        )
+        return HashtagConfig(classes=classes, top_k=self.top_k, fallback=self.fallback)
+
+
+@dataclass(frozen=True)
 class HashtagConfig:
     classes: tuple[ClassTag, ...]
     top_k: int
     fallback: str
 
-    @property
-    def hashtags(self) -> list[str]:
-        return [c.hashtag for c in self.classes]
 
-
-def parse_config(text: str) -> HashtagConfig:
+def parse_rules(text: str) -> HashtagRules:
     raw: dict[str, Any] = tomllib.loads(text)
-    default = float(raw.get("default_threshold", 0.5))
-    classes = tuple(
-        ClassTag(str(c["label"]), str(c.get("hashtag", c["label"])), float(c.get("threshold", default)))
-        for c in raw["classes"]
-    )
-    if not classes:
-        raise ValueError("the hashtag file lists no classes")
     top_k = int(raw.get("top_k", 3))
     if top_k < 1:
         raise ValueError("top_k must be at least 1")
-    return HashtagConfig(classes=classes, top_k=top_k, fallback=str(raw.get("fallback", "others")))
+    return HashtagRules(
+        top_k=top_k,
+        fallback=str(raw.get("fallback", "others")),
+        default_threshold=float(raw.get("default_threshold", 0.5)),
+        overrides=dict(raw.get("labels", {})),
+    )
 
 
-def load_config(path: Path | None = None) -> HashtagConfig:
+def load_rules(path: Path | None = None) -> HashtagRules:
     if path is None:
-        return parse_config(resources.files(__package__).joinpath("hashtags.toml").read_text())
-    return parse_config(path.read_text())
+        return parse_rules(resources.files(__package__).joinpath("hashtags.toml").read_text())
+    return parse_rules(path.read_text())
 
 
 def suggest(scores: Sequence[float], config: HashtagConfig) -> list[tuple[str, float]]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import StreamSettings
@@ -25,5 +27,7 @@ class ClassifierSettings(StreamSettings):
     max_batch_wait_ms: float = 20.0
     max_requests_in_flight: int = 2
     request_timeout_s: float = 30.0
+    #: threads decoding JPEG-encoded pixels (raw pixels need none)
+    decode_workers: int = Field(default_factory=lambda: os.cpu_count() or 1)
     #: class → hashtag mapping with per-class thresholds; default: the file shipped with the package
     hashtags_file: Path | None = None

@@ -6,11 +6,12 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import tritonclient.grpc.aio as grpcclient
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
 from services.common.stream import RecordError, RetryableError
 
@@ -31,7 +32,11 @@ class ModelSignature:
     input_datatype: str
     input_shape: tuple[int, ...]  # without the batch dimension
     output_name: str
-    classes: int
+    labels: tuple[str, ...]  # in output order, as the model's label file gives them
+
+    @property
+    def classes(self) -> int:
+        return len(self.labels)
 
 
 class TritonModel:
@@ -49,7 +54,12 @@ class TritonModel:
             try:
                 if await self.client.is_model_ready(self.model_name, self.model_version, client_timeout=5):
                     self.signature = await self._read_signature()
-                    log.info("model ready", extra={"fields": {"url": self.url, **self.signature.__dict__}})
+                    log.info(
+                        "model ready",
+                        extra={
+                            "fields": {"url": self.url, **self.signature.__dict__, "labels": len(self.signature.labels)}
+                        },
+                    )
                     return self.signature
             except InferenceServerException as exc:
                 log.info("waiting for Triton", extra={"fields": {"url": self.url, "error": exc.message()}})
@@ -61,17 +71,41 @@ class TritonModel:
         if len(meta["inputs"]) != 1 or len(meta["outputs"]) != 1:
             raise RuntimeError(f"{self.model_name} must have one input and one output, has {meta}")
         model_input, model_output = meta["inputs"][0], meta["outputs"][0]
-        input_shape = tuple(int(d) for d in model_input["shape"])
-        output_shape = tuple(int(d) for d in model_output["shape"])
+        input_shape = tuple(int(d) for d in model_input["shape"])[1:]  # the first is the batch (-1)
+        classes = int(model_output["shape"][-1])
         return ModelSignature(
             name=meta["name"],
             version=max(meta["versions"], key=int) if not self.model_version else self.model_version,
             input_name=model_input["name"],
             input_datatype=model_input["datatype"],
-            input_shape=input_shape[1:],  # the first dimension is the batch (-1)
+            input_shape=input_shape,
             output_name=model_output["name"],
-            classes=output_shape[-1],
+            labels=await self._read_labels(model_input, input_shape, model_output["name"], classes),
         )
+
+    async def _read_labels(
+        self, model_input: dict[str, Any], input_shape: tuple[int, ...], output_name: str, classes: int
+    ) -> tuple[str, ...]:
+        """The model's labels, through Triton's classification extension on one blank input.
+
+        Asking for the top `classes` classes returns every index with its label
+        ("score:index:label"), so the labels come from the model, not from a copy of them.
+        """
+        blank = np.zeros((1, *input_shape), dtype=triton_to_np_dtype(model_input["datatype"]))
+        inputs = [grpcclient.InferInput(model_input["name"], list(blank.shape), model_input["datatype"])]
+        inputs[0].set_data_from_numpy(blank)
+        outputs = [grpcclient.InferRequestedOutput(output_name, class_count=classes)]
+        result = await self.client.infer(self.model_name, inputs, model_version=self.model_version, outputs=outputs)
+        entries = result.as_numpy(output_name)
+        labels: dict[int, str] = {}
+        for entry in entries.reshape(-1):
+            parts = entry.decode().split(":", 2)
+            if len(parts) != 3:
+                raise RuntimeError(f"model {self.model_name} has no label file (got {entry!r})")
+            labels[int(parts[1])] = parts[2]
+        if sorted(labels) != list(range(classes)):
+            raise RuntimeError(f"model {self.model_name} labels {len(labels)} of its {classes} outputs")
+        return tuple(labels[i] for i in range(classes))
 
     async def infer(self, images: Sequence[npt.NDArray[np.uint8]]) -> npt.NDArray[np.float32]:
         """Scores for a batch of images, one row each."""

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Message, TopicPartition
+from confluent_kafka import KafkaException, Message, TopicPartition
 from confluent_kafka.aio import AIOConsumer
 
 from . import metrics
@@ -72,6 +72,7 @@ class StreamLoop:
         producer: AsyncProducer,
         retry_initial_s: float = 0.5,
         retry_max_s: float = 30.0,
+        pause_after_s: float = 2.0,
     ) -> None:
         self.stage = stage
         self.settings = settings
@@ -80,10 +81,12 @@ class StreamLoop:
         self.producer = producer
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
+        self.pause_after_s = pause_after_s
         self.assigned = False
         self._offsets: dict[tuple[str, int], PartitionOffsets] = {}
+        #: commit positions ready to be stored, stored in one call per loop turn
+        self._positions: dict[tuple[str, int], int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._consumer: AIOConsumer | None = None
         self._in_flight = metrics.IN_FLIGHT.labels(stage)
 
     def readiness(self) -> str | None:
@@ -94,13 +97,13 @@ class StreamLoop:
             self.settings.kafka, self.settings.group_id, f"tagstream-{self.stage}", on_stats=self._on_stats
         )
         consumer = new_consumer(config)
-        self._consumer = consumer
         await consumer.subscribe(
-            [self.settings.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+            [self.settings.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
         log.info("consuming", extra={"fields": {"topic": self.settings.input_topic, "group": self.settings.group_id}})
         try:
             while not stop.is_set():
+                await self._store_positions(consumer)
                 room = self.settings.max_in_flight - len(self._tasks)
                 if room <= 0:
                     await self._wait_for_room(consumer, stop)
@@ -110,20 +113,43 @@ class StreamLoop:
                     self._start(message)
         finally:
             await self._drain()
+            await self._store_positions(consumer)
             await consumer.close()
             log.info("consumer closed", extra={"fields": {"stage": self.stage}})
 
     async def _wait_for_room(self, consumer: AIOConsumer, stop: asyncio.Event) -> None:
-        """Pause fetching while the in-flight window is full, polling so the group keeps us."""
+        """Wait while the in-flight window is full.
+
+        A short wait needs nothing more. A long one (a dependency down) pauses the
+        partitions and keeps polling, so the group does not evict this consumer; pausing
+        drops what librdkafka had prefetched, which is why it is not done at once.
+        """
+        await asyncio.wait(self._tasks, timeout=self.pause_after_s, return_when=asyncio.FIRST_COMPLETED)
+        if len(self._tasks) < self.settings.max_in_flight or stop.is_set():
+            return
         partitions = await consumer.assignment()
         await consumer.pause(partitions)
+        log.info("input paused: in-flight window full", extra={"fields": {"in_flight": len(self._tasks)}})
         try:
             while len(self._tasks) >= self.settings.max_in_flight and not stop.is_set():
+                await self._store_positions(consumer)
                 done, _ = await asyncio.wait(self._tasks, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
                 if not done:
                     await consumer.consume(num_messages=1, timeout=0)
         finally:
             await consumer.resume(partitions)
+            log.info("input resumed", extra={"fields": {"in_flight": len(self._tasks)}})
+
+    async def _store_positions(self, consumer: AIOConsumer) -> None:
+        """Hand librdkafka the positions that moved since last time, in one call."""
+        if not self._positions:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self._positions.items()]
+        self._positions.clear()
+        try:
+            await consumer.store_offsets(offsets=offsets)
+        except KafkaException as exc:  # a partition revoked meanwhile: its new owner re-reads
+            log.info("offsets not stored", extra={"fields": {"error": str(exc)}})
 
     def _start(self, message: Message) -> None:
         error = message.error()
@@ -212,8 +238,8 @@ class StreamLoop:
         if tracker is None:  # revoked meanwhile: the new owner re-reads it
             return
         position = tracker.complete(offset)
-        if position is not None and self._consumer is not None:
-            await self._consumer.store_offsets(offsets=[TopicPartition(topic, partition, position)])
+        if position is not None:
+            self._positions[(topic, partition)] = position
 
     async def _drain(self, wait_s: float = 30.0) -> None:
         if self._tasks:
@@ -226,9 +252,21 @@ class StreamLoop:
         self.assigned = True
         log.info("partitions assigned", extra={"fields": {"partitions": [p.partition for p in partitions]}})
 
-    async def _on_revoke(self, _consumer: AIOConsumer, partitions: list[TopicPartition]) -> None:
+    async def _on_revoke(self, consumer: AIOConsumer, partitions: list[TopicPartition]) -> None:
+        # What finished is stored now, so the commit on revocation includes it.
+        finished = [
+            TopicPartition(p.topic, p.partition, self._positions.pop((p.topic, p.partition)))
+            for p in partitions
+            if (p.topic, p.partition) in self._positions
+        ]
+        if finished:
+            await consumer.store_offsets(offsets=finished)
+        await self._on_lost(consumer, partitions)
+
+    async def _on_lost(self, _consumer: AIOConsumer, partitions: list[TopicPartition]) -> None:
         for p in partitions:
             self._offsets.pop((p.topic, p.partition), None)
+            self._positions.pop((p.topic, p.partition), None)
         log.info("partitions revoked", extra={"fields": {"partitions": [p.partition for p in partitions]}})
 
     async def _on_stats(self, stats_json: str) -> None:

@@ -8,16 +8,13 @@ can be built and measured before real weights are available.
 
 The graph takes raw RGB bytes (uint8, NHWC, 224x224) and does its own
 preprocessing: cast to float, scale to [0, 1], ImageNet normalisation, NCHW.
-It returns softmax probabilities over the 13 classes of the project.
+It returns softmax probabilities over the project's hashtag vocabulary.
 
-    python tools/make_standin_model.py --out model_repository/resnet50/1/model.onnx
+Used by `tools.model.export` when no trained weights are available.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,22 +22,6 @@ import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-# Output order; must match model_repository/resnet50/labels.txt.
-CLASSES = (
-    "butterfly",
-    "cats",
-    "cow",
-    "dogs",
-    "elephants",
-    "hen",
-    "horse",
-    "monkey",
-    "panda",
-    "sheep",
-    "spider",
-    "squirrel",
-    "others",
-)
 SEED = 20240501
 OPSET = 17
 IMAGE_SIZE = 224
@@ -146,74 +127,25 @@ def body(g: GraphBuilder, x: str) -> tuple[str, int]:
     return x, c_in
 
 
-def head(g: GraphBuilder, x: str, c_in: int, scores: str) -> None:
-    """Global average pool, fully connected layer, softmax into `scores`."""
+def head(g: GraphBuilder, x: str, c_in: int, n: int, scores: str) -> None:
+    """Global average pool, fully connected layer to `n` classes, softmax into `scores`."""
     x = g.op("Flatten", [g.op("GlobalAveragePool", [x], "gap")], "flatten", axis=1)
-    n = len(CLASSES)
     w = (g.rng.standard_normal((c_in, n)) * np.sqrt(1.0 / c_in)).astype(np.float32)
     b = np.zeros(n, dtype=np.float32)
     logits = g.op("Gemm", [x, g.const("fc_w", w), g.const("fc_b", b)], "fc")
     g.nodes.append(helper.make_node("Softmax", [logits], [scores], name="sm", axis=1))
 
 
-def build_model(seed: int = SEED) -> onnx.ModelProto:
-    """The whole graph: image (uint8 [N,224,224,3]) -> scores (float32 [N,13])."""
+def build_model(classes: tuple[str, ...], seed: int = SEED) -> onnx.ModelProto:
+    """The whole graph: image (uint8 [N,224,224,3]) -> scores (float32 [N, len(classes)])."""
     g = GraphBuilder(seed)
     x, channels = body(g, stem(g, preprocess(g, "image")))
-    head(g, x, channels, "scores")
+    head(g, x, channels, len(classes), "scores")
     image = helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", IMAGE_SIZE, IMAGE_SIZE, 3])
-    scores = helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", len(CLASSES)])
+    scores = helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", len(classes)])
     graph = helper.make_graph(g.nodes, "resnet50_standin", [image], [scores], initializer=g.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="tagstream")
     model.ir_version = 8  # what opset 17 needs; keeps older onnxruntimes happy
     model.doc_string = "ResNet50 v1.5, STAND-IN weights: predictions mean nothing"
-    helper.set_model_props(model, {"classes": ",".join(CLASSES), "weights": "stand-in"})
+    helper.set_model_props(model, {"classes": ",".join(classes), "weights": "stand-in"})
     return model
-
-
-def smoke_test(path: Path) -> None:
-    """One onnxruntime run on two random images: finite, normalised, distinct."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=(2, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-    (scores,) = session.run(["scores"], {"image": images})
-    if scores.shape != (2, len(CLASSES)) or not np.isfinite(scores).all():
-        raise RuntimeError(f"bad output: shape {scores.shape}, finite {np.isfinite(scores).all()}")
-    if not np.allclose(scores.sum(axis=1), 1.0, atol=1e-4):
-        raise RuntimeError(f"rows do not sum to 1: {scores.sum(axis=1)}")
-    if np.abs(scores[0] - scores[1]).max() < 1e-6:
-        raise RuntimeError("output does not depend on the input")
-    shown = np.array2string(scores, precision=3, suppress_small=True)
-    print(f"onnxruntime smoke test ok, scores:\n{shown}", file=sys.stderr)
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("model_repository/resnet50/1/model.onnx"))
-    parser.add_argument("--seed", type=int, default=SEED)
-    parser.add_argument("--force", action="store_true", help="rebuild even if --out exists")
-    args = parser.parse_args()
-
-    print(NOTICE, file=sys.stderr)
-    if args.out.exists() and not args.force:
-        print(f"{args.out} exists, not rebuilding (use --force)", file=sys.stderr)
-        return 0
-
-    model = build_model(args.seed)
-    onnx.checker.check_model(model, full_check=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".onnx.tmp")
-    try:
-        onnx.save_model(model, str(tmp))
-        smoke_test(tmp)
-        tmp.replace(args.out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

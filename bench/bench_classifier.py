@@ -1,0 +1,225 @@
+"""Classifier throughput against Triton alone, and the wire format of `images`.
+
+For each model (the stand-in ResNet50, and `noop`, which costs nothing) and the same batch
+size and requests in flight:
+- Triton alone: a gRPC client sending ready-made batches of uint8 pixels;
+- the pipeline: the real classifier process reading N pre-produced `images` records from
+  Kafka and writing `predictions`, its rate taken from the predictions' own classify
+  timestamps (first to last), so start-up is not counted.
+Both share this machine's cores with the broker and Triton, as they do in the stack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc.aio as grpcclient
+from confluent_kafka import Consumer, Producer
+
+from services.common import pixels
+from services.common.avro import IMAGES, PREDICTIONS
+from services.common.kafka import TopicSpec, ensure_topics
+from services.common.settings import KafkaSettings
+from services.fetcher.imaging import to_model_input
+from tools import demo_data
+
+from .figures import Figure
+from .stack import ROOT, running
+
+TRITON = "localhost:8001"
+
+
+def sample_pixels(count: int) -> list[bytes]:
+    out = []
+    for i in range(count):
+        buffer = io.BytesIO()
+        demo_data.photo(i, (1200, 800)).save(buffer, "JPEG", quality=88)
+        out.append(to_model_input(buffer.getvalue(), 224, 10**8).pixels)
+    return out
+
+
+async def triton_alone(model: str, images: list[bytes], n: int, batch: int, in_flight: int) -> float:
+    """Images/s of `n` images sent as uint8 batches of `batch`, `in_flight` requests at once."""
+    client = grpcclient.InferenceServerClient(TRITON)
+    arrays = [np.frombuffer(p, np.uint8).reshape(224, 224, 3) for p in images]
+    stacked = np.stack([arrays[i % len(arrays)] for i in range(batch)])
+    requests = n // batch
+
+    async def one() -> None:
+        inputs = [grpcclient.InferInput("image", list(stacked.shape), "UINT8")]
+        inputs[0].set_data_from_numpy(stacked)
+        await client.infer(model, inputs, outputs=[grpcclient.InferRequestedOutput("scores")])
+
+    await one()  # warm-up
+    slots = asyncio.Semaphore(in_flight)
+
+    async def limited() -> None:
+        async with slots:
+            await one()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(limited() for _ in range(requests)))
+    elapsed = time.perf_counter() - started
+    await client.close()
+    return requests * batch / elapsed
+
+
+def produce_images(topic: str, images: list[bytes], n: int, encoding: pixels.Encoding) -> int:
+    """Write `n` image records; return the mean bytes of their pixels."""
+    producer = Producer({"bootstrap.servers": "localhost:9092", "linger.ms": 20, "compression.type": "lz4"})
+    encoded = [pixels.encode(p, 224, encoding) for p in images]
+    now = int(time.time() * 1000)
+    for i in range(n):
+        fmt, data = encoded[i % len(encoded)]
+        key = str(1_000_000 + i)
+        record = {
+            "tweet_id": key, "media_key": f"3_{i}", "image_url": "https://pbs.example/a.jpg",
+            "post_url": "https://x.com/i/web/status/1", "text": "", "author_username": None, "priority": 1,
+            "ingest_ts_ms": now, "fetch_ts_ms": now, "source_width": 1200, "source_height": 800,
+            "source_format": "JPEG", "pixel_format": fmt, "height": 224, "width": 224, "pixels": data,
+        }  # fmt: skip
+        while True:
+            try:
+                producer.produce(topic, IMAGES.encode(record), key=key)
+                break
+            except BufferError:
+                producer.poll(0.1)
+        producer.poll(0)
+    assert producer.flush(60) == 0
+    return int(statistics.mean(len(data) for _, data in encoded))
+
+
+def classifier_rate(model: str, images: list[bytes], n: int, batch: int, in_flight: int, encoding: str) -> float:
+    """Images/s of the classifier process over `n` pre-produced records."""
+    suffix = uuid.uuid4().hex[:8]
+    source, sink = f"bench-images-{suffix}", f"bench-predictions-{suffix}"
+    ensure_topics(KafkaSettings(), [TopicSpec(source, 3), TopicSpec(sink, 3)])
+    produce_images(source, images, n, encoding)  # type: ignore[arg-type]
+    port = _free_port()
+    env = {
+        **os.environ,
+        "CLASSIFIER_INPUT_TOPIC": source, "CLASSIFIER_OUTPUT_TOPIC": sink, "CLASSIFIER_GROUP_ID": f"bench-{suffix}",
+        "CLASSIFIER_MODEL_NAME": model, "CLASSIFIER_METRICS_PORT": str(port), "CLASSIFIER_TRITON_URL": TRITON,
+        "CLASSIFIER_MAX_BATCH_SIZE": str(batch), "CLASSIFIER_MAX_REQUESTS_IN_FLIGHT": str(in_flight),
+        "CLASSIFIER_MAX_IN_FLIGHT": str(max(128, 4 * batch * in_flight)), "LOG_LEVEL": "WARNING",
+    }  # fmt: skip
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen([sys.executable, "-m", "services.classifier"], cwd=ROOT, env=env, stderr=log)
+        try:
+            stamps = _classify_stamps(sink, n, timeout_s=60 + n / 5)
+        finally:
+            process.terminate()
+            process.wait(30)
+    if len(stamps) < n:
+        raise RuntimeError(f"only {len(stamps)} of {n} predictions arrived")
+    stamps.sort()
+    return (n - 1) / ((stamps[-1] - stamps[0]) / 1000)
+
+
+def _classify_stamps(topic: str, n: int, timeout_s: float) -> list[int]:
+    consumer = Consumer(
+        {"bootstrap.servers": "localhost:9092", "group.id": f"bench-{uuid.uuid4()}", "auto.offset.reset": "earliest"}
+    )
+    consumer.subscribe([topic])
+    stamps: list[int] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(stamps) < n and time.monotonic() < deadline:
+            for message in consumer.consume(500, 0.5):
+                if not message.error():
+                    stamps.append(PREDICTIONS.decode(message.value())["classify_ts_ms"])
+    finally:
+        consumer.close()
+    return stamps
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def jpeg_decode_ms(images: list[bytes]) -> float:
+    encoded = [pixels.encode(p, 224, "jpeg")[1] for p in images]
+    started = time.perf_counter()
+    rounds = 20
+    for _ in range(rounds):
+        for data in encoded:
+            pixels.decode(pixels.JPEG, data, 224, 224)
+    return (time.perf_counter() - started) * 1000 / (rounds * len(encoded))
+
+
+def run() -> list[Figure]:
+    images = sample_pixels(16)
+    with running("scripts/kafka.sh", "scripts/triton.sh"):
+        _wait_model("resnet50")
+        results: dict[str, Any] = {}
+        for model, n, batch, in_flight in (("resnet50", 160, 8, 2), ("noop", 3000, 16, 4)):
+            alone = asyncio.run(triton_alone(model, images, n, batch, in_flight))
+            pipeline = classifier_rate(model, images, n, batch, in_flight, "raw")
+            results[model] = {"alone": alone, "pipeline": pipeline, "n": n, "batch": batch, "in_flight": in_flight}
+            print(f"{model}: Triton alone {alone:.1f}/s, classifier {pipeline:.1f}/s", flush=True)
+        noop = results["noop"]
+        jpeg_rate = classifier_rate("noop", images, noop["n"], noop["batch"], noop["in_flight"], "jpeg")
+        print(f"noop with JPEG pixels: classifier {jpeg_rate:.1f}/s", flush=True)
+    raw_bytes = len(images[0])
+    jpeg_bytes = statistics.mean(len(pixels.encode(p, 224, "jpeg")[1]) for p in images)
+    resnet = results["resnet50"]
+    return [
+        Figure(
+            "classifier_pipeline_efficiency",
+            resnet["pipeline"] / resnet["alone"],
+            "ratio",
+            ">= 0.9",
+            {"classifier_images_per_s": resnet["pipeline"], "triton_alone_images_per_s": resnet["alone"], **resnet},
+        ),
+        Figure(
+            "classifier_noop_efficiency",
+            noop["pipeline"] / noop["alone"],
+            "ratio",
+            ">= 0.8",
+            {"classifier_images_per_s": noop["pipeline"], "triton_alone_images_per_s": noop["alone"], **noop},
+        ),
+        Figure("classifier_noop_images_per_s", noop["pipeline"], "images/s", "", {"pixels": "raw"}),
+        Figure("classifier_resnet50_images_per_s", resnet["pipeline"], "images/s", "", {"model": "stand-in weights"}),
+        Figure("classifier_noop_jpeg_images_per_s", jpeg_rate, "images/s", "", {"pixels": "JPEG q90"}),
+        Figure("images_pixels_bytes_raw", raw_bytes, "bytes", "", {"size": "224x224x3"}),
+        Figure(
+            "images_pixels_bytes_jpeg",
+            jpeg_bytes,
+            "bytes",
+            "",
+            {"quality": pixels.JPEG_QUALITY, "note": "drawn demo photos compress better than real ones"},
+        ),
+        Figure("images_jpeg_decode_ms", jpeg_decode_ms(images), "ms/image", "", {"cores": 1}),
+    ]
+
+
+def _wait_model(model: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://localhost:8000/v2/models/{model}/ready", timeout=2):
+                return
+        except OSError:
+            time.sleep(1)
+    raise RuntimeError(f"model {model} not ready")
+
+
+if __name__ == "__main__":
+    for figure in run():
+        print(figure)

@@ -1,0 +1,229 @@
+"""`make model`: ResNet50 as ONNX for Triton, from the best weights this machine has.
+
+Sources, in the order `--source auto` tries them:
+
+1. `checkpoint`: a fine-tuned torchvision ResNet50 state dict (`--checkpoint PATH`) whose
+   head has one class per name in `--classes` (default: the seed's 12 animals + others);
+2. `imagenet`: torchvision's ImageNet-1k weights (downloaded by torchvision, or from its
+   cache), its 1000 classes mapped onto the hashtags by `imagenet_hashtags.toml`;
+3. `standin`: deterministic stand-in weights, with a loud notice: predictions mean nothing.
+
+Every form takes uint8 RGB [N,224,224,3] and returns one score per hashtag of
+`model_repository/gpu/resnet50/labels.txt`. The torch sources are checked against PyTorch
+on the same inputs. The file is written for the GPU repository and linked into the CPU one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+
+from . import standin
+from .vocabulary import REPOSITORY, checkpoint_groups, imagenet_groups, mapping_matrix, vocabulary
+
+GPU_MODEL = REPOSITORY / "gpu" / "resnet50" / "1" / "model.onnx"
+CPU_MODEL = REPOSITORY / "cpu" / "resnet50" / "1" / "model.onnx"
+SEED_CLASSES = "butterfly,cats,cow,dogs,elephants,hen,horse,monkey,panda,sheep,spider,squirrel,others"
+MAX_ABS_DIFF = 1e-4
+
+NOTICE = """\
+************************************************************************
+*  STAND-IN WEIGHTS: this ResNet50 has random (seeded) weights.        *
+*  Its predictions MEAN NOTHING. Use it only to build and measure the  *
+*  serving stack. For real hashtags run `make model` where torchvision *
+*  can download its weights, or pass a fine-tuned checkpoint:          *
+*    make model FORCE=1 CHECKPOINT=path/to/state_dict.pt               *
+************************************************************************"""
+
+
+class SourceUnavailable(RuntimeError):
+    """This source cannot be used on this machine (no torch, no download)."""
+
+
+def export(source: str, out: Path, checkpoint: Path | None, classes: list[str]) -> dict[str, Any]:
+    hashtags = vocabulary()
+    order = ["checkpoint", "imagenet", "standin"] if source == "auto" else [source]
+    if source == "auto" and checkpoint is None:
+        order.remove("checkpoint")
+    for candidate in order:
+        try:
+            if candidate == "checkpoint":
+                if checkpoint is None:
+                    raise SourceUnavailable("--checkpoint is required for the checkpoint source")
+                return export_torch(
+                    load_checkpoint(checkpoint, len(classes)),
+                    classes,
+                    checkpoint_groups(classes, hashtags),
+                    hashtags,
+                    out,
+                    f"checkpoint {checkpoint}",
+                )
+            if candidate == "imagenet":
+                net, categories = load_imagenet()
+                return export_torch(net, categories, imagenet_groups(), hashtags, out, "torchvision ImageNet-1k")
+            return export_standin(hashtags, out)
+        except SourceUnavailable as exc:
+            print(f"model source {candidate} unavailable: {exc}", file=sys.stderr)
+    raise SystemExit("no model source could be used")
+
+
+def export_standin(hashtags: tuple[str, ...], out: Path) -> dict[str, Any]:
+    print(NOTICE, file=sys.stderr)
+    model = standin.build_model(hashtags)
+    onnx.checker.check_model(model, full_check=True)
+    write_atomically(model, out)
+    check_onnx(out, len(hashtags))
+    return {"source": "standin", "seed": standin.SEED, "meaningful": False}
+
+
+def load_imagenet() -> tuple[Any, list[str]]:
+    try:
+        from torchvision.models import ResNet50_Weights, resnet50
+    except ImportError as exc:
+        raise SourceUnavailable(f"torchvision is not installed ({exc})") from exc
+    weights = ResNet50_Weights.IMAGENET1K_V2
+    try:
+        net = resnet50(weights=weights)
+    except Exception as exc:  # any download failure means: not on this machine
+        raise SourceUnavailable(f"cannot get {weights}: {exc}") from exc
+    return net, list(weights.meta["categories"])
+
+
+def load_checkpoint(path: Path, num_classes: int) -> Any:
+    try:
+        import torch
+        from torchvision.models import resnet50
+    except ImportError as exc:
+        raise SourceUnavailable(f"torch/torchvision are not installed ({exc})") from exc
+    net = resnet50(num_classes=num_classes)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    net.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+    return net
+
+
+def export_torch(
+    net: Any,
+    categories: list[str],
+    groups: dict[str, list[str]],
+    hashtags: tuple[str, ...],
+    out: Path,
+    description: str,
+) -> dict[str, Any]:
+    """Wrap the network (uint8 NHWC in, hashtag scores out), export it and compare with PyTorch."""
+    import torch
+
+    matrix = mapping_matrix(categories, groups, hashtags)
+
+    class Deployable(torch.nn.Module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net.eval()
+            self.register_buffer("mapping", torch.from_numpy(matrix))
+            self.register_buffer("mean", torch.tensor(standin.IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0)
+            self.register_buffer("std", torch.tensor(standin.IMAGENET_STD).view(1, 3, 1, 1) * 255.0)
+
+        def forward(self, image: Any) -> Any:
+            x = (image.permute(0, 3, 1, 2).float() - self.mean) / self.std
+            return torch.softmax(self.net(x), dim=1) @ self.mapping
+
+    module = Deployable().eval()
+    example = torch.from_numpy(sample_images(2))
+    tmp = out.with_suffix(".torch.tmp")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(
+        module,
+        (example,),
+        str(tmp),
+        input_names=["image"],
+        output_names=["scores"],
+        dynamic_axes={"image": {0: "N"}, "scores": {0: "N"}},
+        opset_version=standin.OPSET,
+    )
+    model = onnx.load(str(tmp))
+    tmp.unlink()
+    onnx.checker.check_model(model, full_check=True)
+    write_atomically(model, out)
+    images = sample_images(4, seed=1)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(images)).numpy()
+    got = check_onnx(out, len(hashtags), images)
+    diff = float(np.abs(expected - got).max())
+    if diff > MAX_ABS_DIFF:
+        out.unlink()
+        raise SystemExit(f"ONNX and PyTorch disagree by {diff:.2e} (> {MAX_ABS_DIFF}): export refused")
+    print(f"ONNX matches PyTorch on {len(images)} images (max abs diff {diff:.2e})", file=sys.stderr)
+    return {"source": description, "meaningful": True, "onnx_vs_torch_max_abs_diff": diff}
+
+
+def sample_images(n: int, seed: int = 0) -> npt.NDArray[np.uint8]:
+    return np.random.default_rng(seed).integers(0, 256, size=(n, 224, 224, 3), dtype=np.uint8)
+
+
+def check_onnx(path: Path, classes: int, images: npt.NDArray[np.uint8] | None = None) -> npt.NDArray[np.float32]:
+    """Run the file with onnxruntime: finite scores, one row per image, summing to one."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    batch = sample_images(2) if images is None else images
+    (scores,) = session.run(["scores"], {"image": batch})
+    if scores.shape != (len(batch), classes) or not np.isfinite(scores).all():
+        raise SystemExit(f"bad output from {path}: shape {scores.shape}")
+    if not np.allclose(scores.sum(axis=1), 1.0, atol=1e-3):
+        raise SystemExit(f"scores of {path} do not sum to one: {scores.sum(axis=1)}")
+    if np.abs(scores[0] - scores[1]).max() < 1e-7:
+        raise SystemExit(f"{path} gives the same scores for different images")
+    return np.asarray(scores, dtype=np.float32)
+
+
+def write_atomically(model: onnx.ModelProto, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".onnx.tmp")
+    onnx.save_model(model, str(tmp))
+    tmp.replace(out)
+
+
+def link_into(source: Path, target: Path) -> None:
+    """The CPU repository serves the very same file: a hard link, or a copy across devices."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.model.export", description=__doc__.splitlines()[0])
+    parser.add_argument("--source", choices=["auto", "checkpoint", "imagenet", "standin"], default="auto")
+    parser.add_argument("--checkpoint", type=Path)
+    parser.add_argument("--classes", default=SEED_CLASSES, help="the checkpoint head's classes, comma-separated")
+    parser.add_argument("--force", action="store_true", help="export again even if the model exists")
+    args = parser.parse_args()
+    info_path = GPU_MODEL.with_name("model.json")
+    if GPU_MODEL.exists() and CPU_MODEL.exists() and not args.force:
+        info = json.loads(info_path.read_text()) if info_path.exists() else {}
+        print(f"{GPU_MODEL} exists ({info.get('source', 'unknown source')}); --force to export again", file=sys.stderr)
+        if not info.get("meaningful", False):
+            print(NOTICE, file=sys.stderr)
+        return 0
+    info = export(args.source, GPU_MODEL, args.checkpoint, args.classes.split(","))
+    info_path.write_text(json.dumps(info, indent=2) + "\n")
+    link_into(GPU_MODEL, CPU_MODEL)
+    print(
+        f"wrote {GPU_MODEL} and {CPU_MODEL} ({GPU_MODEL.stat().st_size / 1e6:.1f} MB): {info['source']}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
