@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,7 +97,6 @@ def consumer_config(
     kafka: KafkaSettings,
     group_id: str,
     client_id: str,
-    on_stats: Callable[[str], Awaitable[None]] | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     config = kafka.client_config() | {
@@ -111,9 +110,6 @@ def consumer_config(
         "auto.commit.interval.ms": 1000,
         "partition.assignment.strategy": "cooperative-sticky",
     }
-    if on_stats is not None:
-        config["statistics.interval.ms"] = 5000
-        config["stats_cb"] = on_stats
     return config | overrides
 
 

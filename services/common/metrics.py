@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import logging
-
 from prometheus_client import Counter, Gauge, Histogram
-
-log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -36,21 +31,20 @@ END_TO_END_SECONDS = Histogram(
 IN_FLIGHT = Gauge("tagstream_records_in_flight", "Records being processed now.", ["stage"])
 CONSUMER_LAG = Gauge(
     "tagstream_consumer_lag_records",
-    "Records behind the high watermark, per partition this stage owns (librdkafka statistics).",
+    "Records behind the high watermark, per partition this stage reads, as of its last fetch.",
     ["stage", "topic", "partition"],
 )
-
-
-def record_consumer_lag(stage: str, stats_json: str) -> None:
-    """Feed CONSUMER_LAG from a librdkafka statistics callback payload."""
-    try:
-        stats = json.loads(stats_json)
-    except ValueError:
-        log.warning("unparseable librdkafka statistics")
-        return
-    for topic, topic_stats in stats.get("topics", {}).items():
-        for partition, part in topic_stats.get("partitions", {}).items():
-            lag = part.get("consumer_lag", -1)
-            if partition == "-1" or lag < 0:
-                continue
-            CONSUMER_LAG.labels(stage, topic, partition).set(lag)
+CONSUMER_LAG_SECONDS = Gauge(
+    "tagstream_consumer_lag_seconds",
+    "Now minus the Kafka timestamp of the newest record read, per partition (0 when caught up).",
+    ["stage", "topic", "partition"],
+)
+SHED = Counter(
+    "tagstream_records_shed_total",
+    "Records dropped under load before any expensive work, by their priority.",
+    ["stage", "priority"],
+)
+SHED_LEVEL = Gauge("tagstream_shed_level", "Active shedding level; 0 keeps everything.", ["stage"])
+SHED_MIN_PRIORITY = Gauge(
+    "tagstream_shed_min_priority", "Lowest priority still processed; NaN when nothing is shed.", ["stage"]
+)

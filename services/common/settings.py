@@ -7,6 +7,8 @@ from typing import Any
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .shedding import DEFAULT_LEVELS, ShedLevel
+
 
 class KafkaSettings(BaseSettings):
     """How to reach the Kafka cluster (`KAFKA_*`)."""
@@ -52,7 +54,22 @@ class StreamSettings(ServiceSettings):
     consume_batch_size: int = 64
     #: dead letters go to `<input topic><dlq_suffix>`
     dlq_suffix: str = ".dlq"
+    #: drop the lowest priorities first when the consumer falls behind (services/common/shedding.py)
+    shedding_enabled: bool = True
+    #: JSON list of {"min_priority", "lag_records", "lag_seconds"}: the lag at which each level starts
+    shed_levels: list[ShedLevel] = Field(default_factory=lambda: list(DEFAULT_LEVELS))
+    #: a level is left once both lags stay under this share of its thresholds ...
+    shed_exit_ratio: float = 0.5
+    #: ... for this long
+    shed_min_dwell_s: float = 5.0
+    #: write each shed record, with why, to `<input topic><shed_suffix>`
+    shed_audit: bool = True
+    shed_suffix: str = ".shed"
 
     @property
     def dlq_topic(self) -> str:
         return self.input_topic + self.dlq_suffix
+
+    @property
+    def shed_topic(self) -> str:
+        return self.input_topic + self.shed_suffix

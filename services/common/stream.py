@@ -24,6 +24,7 @@ from .kafka import AsyncProducer, Headers, consumer_config, new_consumer, produc
 from .offsets import PartitionOffsets
 from .runtime import Runtime
 from .settings import StreamSettings
+from .shedding import Lag, ShedPolicy
 from .timeutil import now_ms
 
 log = logging.getLogger(__name__)
@@ -88,14 +89,20 @@ class StreamLoop:
         self._positions: dict[tuple[str, int], int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight = metrics.IN_FLIGHT.labels(stage)
+        self._lag: dict[tuple[str, int], Lag] = {}
+        self.shedding = ShedPolicy(
+            settings.shed_levels if settings.shedding_enabled else [],
+            exit_ratio=settings.shed_exit_ratio,
+            min_dwell_s=settings.shed_min_dwell_s,
+        )
+        metrics.SHED_LEVEL.labels(stage).set(0)
+        metrics.SHED_MIN_PRIORITY.labels(stage).set(float("nan"))
 
     def readiness(self) -> str | None:
         return None if self.assigned else f"{self.stage} has no partitions of {self.settings.input_topic} yet"
 
     async def run(self, stop: asyncio.Event) -> None:
-        config = consumer_config(
-            self.settings.kafka, self.settings.group_id, f"tagstream-{self.stage}", on_stats=self._on_stats
-        )
+        config = consumer_config(self.settings.kafka, self.settings.group_id, f"tagstream-{self.stage}")
         consumer = new_consumer(config)
         await consumer.subscribe(
             [self.settings.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
@@ -109,6 +116,7 @@ class StreamLoop:
                     await self._wait_for_room(consumer, stop)
                     continue
                 messages = await consumer.consume(num_messages=min(room, self.settings.consume_batch_size), timeout=0.5)
+                await self._measure_lag(consumer, messages)
                 for message in messages:
                     self._start(message)
         finally:
@@ -134,11 +142,53 @@ class StreamLoop:
             while len(self._tasks) >= self.settings.max_in_flight and not stop.is_set():
                 await self._store_positions(consumer)
                 done, _ = await asyncio.wait(self._tasks, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
-                if not done:
-                    await consumer.consume(num_messages=1, timeout=0)
+                if not done:  # keeps the group membership alive; a partition assigned meanwhile is not paused
+                    for message in await consumer.consume(num_messages=1, timeout=0):
+                        self._start(message)
         finally:
             await consumer.resume(partitions)
             log.info("input resumed", extra={"fields": {"in_flight": len(self._tasks)}})
+
+    async def _measure_lag(self, consumer: AIOConsumer, messages: list[Message]) -> None:
+        """Lag of the partitions in this batch, from the cached high watermarks; then the shed level.
+
+        An empty batch after a full poll timeout means the consumer is caught up.
+        """
+        now = time.time()
+        newest: dict[tuple[str, int], Message] = {}
+        for message in messages:
+            if message.error() is None:
+                newest[_position(message)[:2]] = message
+        if not messages:
+            for key in self._lag:
+                self._lag[key] = Lag(0, 0.0)
+        for (topic, partition), message in newest.items():
+            _, high = await consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+            behind = max(0, high - _position(message)[2] - 1) if high >= 0 else 0
+            self._lag[(topic, partition)] = Lag(behind, max(0.0, now - message.timestamp()[1] / 1000))
+        for (topic, partition), lag in self._lag.items():
+            metrics.CONSUMER_LAG.labels(self.stage, topic, str(partition)).set(lag.records)
+            metrics.CONSUMER_LAG_SECONDS.labels(self.stage, topic, str(partition)).set(lag.seconds)
+        total = Lag(
+            sum(lag.records for lag in self._lag.values()),
+            max((lag.seconds for lag in self._lag.values()), default=0.0),
+        )
+        before = self.shedding.level
+        floor = self.shedding.update(total, time.monotonic())
+        if self.shedding.level != before:
+            log.warning(
+                "shed level changed",
+                extra={
+                    "fields": {
+                        "shed_level": self.shedding.level,
+                        "min_priority": floor,
+                        "lag_records": total.records,
+                        "lag_seconds": round(total.seconds, 1),
+                    }
+                },
+            )
+            metrics.SHED_LEVEL.labels(self.stage).set(self.shedding.level)
+            metrics.SHED_MIN_PRIORITY.labels(self.stage).set(float("nan") if floor is None else floor)
 
     async def _store_positions(self, consumer: AIOConsumer) -> None:
         """Hand librdkafka the positions that moved since last time, in one call."""
@@ -176,6 +226,10 @@ class StreamLoop:
         record: dict[str, Any] | None = None
         try:
             record = self.codec.decode(message.value())
+            if not self.shedding.keep(record["priority"]):
+                await self._shed(message, record["priority"])
+                await self._complete(message)
+                return
             results = await self._handle_with_retries(record)
             outputs = [r for r in results if isinstance(r, Output)]
             await self._deliver(outputs)
@@ -232,6 +286,27 @@ class StreamLoop:
         await self.producer.produce(self.settings.dlq_topic, message.value() or b"", key=key, headers=headers)
         metrics.DEAD_LETTERS.labels(self.stage, reason).inc()
 
+    async def _shed(self, message: Message, priority: int) -> None:
+        """Drop a record under load: counted, written to the audit topic if configured, then committed."""
+        metrics.SHED.labels(self.stage, str(priority)).inc()
+        if not self.settings.shed_audit:
+            return
+        lag = Lag(sum(x.records for x in self._lag.values()), max((x.seconds for x in self._lag.values()), default=0.0))
+        headers: Headers = [
+            ("reason", b"shed"),
+            ("stage", self.stage.encode()),
+            ("priority", str(priority).encode()),
+            ("min_priority", str(self.shedding.min_priority).encode()),
+            ("lag_records", str(lag.records).encode()),
+            ("lag_seconds", f"{lag.seconds:.1f}".encode()),
+            ("source_topic", str(message.topic()).encode()),
+            ("source_partition", str(message.partition()).encode()),
+            ("source_offset", str(message.offset()).encode()),
+        ]
+        await self.producer.produce(
+            self.settings.shed_topic, message.value() or b"", key=message.key(), headers=headers
+        )
+
     async def _complete(self, message: Message) -> None:
         topic, partition, offset = _position(message)
         tracker = self._offsets.get((topic, partition))
@@ -268,9 +343,6 @@ class StreamLoop:
             self._offsets.pop((p.topic, p.partition), None)
             self._positions.pop((p.topic, p.partition), None)
         log.info("partitions revoked", extra={"fields": {"partitions": [p.partition for p in partitions]}})
-
-    async def _on_stats(self, stats_json: str) -> None:
-        metrics.record_consumer_lag(self.stage, stats_json)
 
 
 def _position(message: Message) -> tuple[str, int, int]:
