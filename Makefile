@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 FILE ?= demo/sample_stream.jsonl
 RATE ?= 0
 
-.PHONY: help setup system-deps venv kafka-jars model up down status replay demo test test-unit lint bench clean
+.PHONY: help setup system-deps venv kafka-jars model backfill rules up down status replay demo test test-unit lint bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,6 +45,13 @@ status:  ## what is running
 
 replay: venv  ## replay a recorded stream: make replay FILE=path [RATE=posts/s]
 	$(PY) -m services.ingest replay $(FILE) --rate $(RATE)
+
+LIMIT ?= 100
+backfill: venv  ## recent search into tweets: make backfill QUERY=cats LIMIT=500 [OUT=file.jsonl writes a replay file instead]
+	$(PY) -m services.ingest backfill --query $(QUERY) --limit $(LIMIT) $(if $(OUT),--out $(OUT))
+
+rules: venv  ## make the X stream's rules match services/ingest/rules.toml (DRY_RUN=1: show the diff only)
+	$(PY) -m services.ingest rules $(if $(DRY_RUN),--dry-run)
 
 demo: up  ## bring the stack up, replay the sample stream, show predictions arriving
 	$(PY) -m tools.demo --file $(FILE)

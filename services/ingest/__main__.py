@@ -1,4 +1,7 @@
-"""`python -m services.ingest [run | replay FILE [--rate R]]`."""
+"""`python -m services.ingest [run | replay FILE [--rate R] | rules [--dry-run] | backfill ...]`.
+
+`backfill --query HASHTAG --limit N [--out FILE]`: recent search into `tweets`, or into a replay file.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +11,31 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from services.common import logs, runtime
 from services.common.kafka import AsyncProducer, producer_config
 
+from . import rules as stream_rules
+from .backfill import FileOutput, KafkaOutput, Output, backfill
+from .dedup import RecentIds
+from .live import run_live, stream_client
+from .produce import PayloadFile, PayloadProducer
+from .redact import redact_secrets
 from .replay import read_lines, replay_lines
 from .settings import IngestSettings
+from .xapi import XSearchClient
+
+
+def _priorities(settings: IngestSettings) -> dict[str, int]:
+    rule_set = stream_rules.load_rules(settings.rules_file)
+    return rule_set.priorities(settings.rule_priorities, "rule_priorities" in settings.model_fields_set)
 
 
 async def _replay(settings: IngestSettings, path: Path, rate: float) -> dict[str, object]:
     producer = AsyncProducer(producer_config(settings.kafka, "tagstream-ingest-replay"))
     try:
-        summary = await replay_lines(read_lines(path), settings, producer, rate)
+        summary = await replay_lines(read_lines(path), settings, producer, rate, _priorities(settings))
     finally:
         await producer.close()
     return dataclasses.asdict(summary)
@@ -27,29 +43,110 @@ async def _replay(settings: IngestSettings, path: Path, rate: float) -> dict[str
 
 async def _service(rt: runtime.Runtime) -> None:
     settings = IngestSettings()
+    if settings.live:
+        await run_live(settings, rt)
+        return
     if settings.replay_file is not None:
         summary = await _replay(settings, settings.replay_file, settings.replay_rate)
         print(json.dumps({"replayed": str(settings.replay_file), **summary}), file=sys.stderr)
-    # Live ingest from the X API arrives with its own issue; until then the service idles
-    # (healthy, so `make up` and probes see it) and replays come from `make replay`.
+    # Without X credentials the service idles (healthy, so `make up` and probes see it);
+    # replays come from `make replay`.
     await rt.stop.wait()
+
+
+async def _rules(settings: IngestSettings, dry_run: bool) -> dict[str, Any]:
+    change = await stream_rules.sync(
+        stream_client(settings), stream_rules.load_rules(settings.rules_file), dry_run=dry_run
+    )
+    return {"dry_run": dry_run, **change.as_dict()}
+
+
+async def _backfill(settings: IngestSettings, query: str, limit: int, out: Path | None) -> dict[str, Any]:
+    client = XSearchClient(
+        _token(settings), base_url=settings.x_api_base_url, request_timeout_s=settings.request_timeout_s
+    )
+    recent = RecentIds(max(limit * 4, 1000))  # spans both queries: a post they share counts once
+    output: Output
+    producer: AsyncProducer | None = None
+    recording: PayloadFile | None = None
+    if out is not None:
+        output = FileOutput(PayloadFile(out), recent)
+    else:
+        producer = AsyncProducer(producer_config(settings.kafka, "tagstream-ingest-backfill"))
+        recording = PayloadFile(settings.record_file) if settings.record_file is not None else None
+        payloads = PayloadProducer(
+            producer,
+            output_topic=settings.output_topic,
+            dlq_topic=settings.dlq_topic,
+            priorities=_priorities(settings),
+            default_priority=settings.default_priority,
+            source="x_search",
+            recent=recent,
+            recording=recording,
+        )
+        output = KafkaOutput(payloads)
+    try:
+        report = await backfill(client, query, limit, output, max_wait_s=settings.backfill_max_wait_s)
+    finally:
+        if producer is not None:
+            await producer.close()
+        if recording is not None:
+            recording.close()
+    summary: dict[str, Any] = dataclasses.asdict(report)
+    summary["out" if out is not None else "topic"] = str(out) if out is not None else settings.output_topic
+    return summary
+
+
+def _token(settings: IngestSettings) -> str:
+    if not settings.live or settings.x_bearer_token is None:
+        raise SystemExit("X_BEARER_TOKEN is not set")
+    return settings.x_bearer_token.get_secret_value()
+
+
+def _configure_logs(settings: IngestSettings) -> None:
+    logs.configure(settings.log_level)
+    if settings.x_bearer_token is not None:
+        redact_secrets(settings.x_bearer_token.get_secret_value())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m services.ingest")
     sub = parser.add_subparsers(dest="command")
-    sub.add_parser("run", help="run the ingest service (default)")
+    sub.add_parser("run", help="run the ingest service (default): live with X_BEARER_TOKEN, else replay or idle")
     replay = sub.add_parser("replay", help="replay a recorded stream file into the tweets topic")
     replay.add_argument("file", type=Path)
     replay.add_argument("--rate", type=float, default=0.0, help="posts per second (0: as fast as possible)")
+    rules = sub.add_parser("rules", help="make the stream's rules match the rules file")
+    rules.add_argument("--dry-run", action="store_true", help="print the changes and validate them; change nothing")
+    back = sub.add_parser("backfill", help="recent search into the tweets topic, or into a replay file")
+    back.add_argument("--query", required=True, help="a hashtag without '#': its hashtag query, then its keyword query")
+    back.add_argument("--limit", type=int, required=True, help="stop after this many posts with images")
+    back.add_argument("--out", type=Path, help="write a replay file instead of producing")
     args = parser.parse_args()
     settings = IngestSettings()
+    if args.command in (None, "run"):
+        # The service configures its logs in `runtime.run`; the redaction wraps them from inside.
+        runtime.run("ingest", settings, _with_redaction(settings))
+        return
+    _configure_logs(settings)
     if args.command == "replay":
-        logs.configure(settings.log_level)
-        summary = asyncio.run(_replay(settings, args.file, args.rate))
-        print(json.dumps(summary))
+        result: dict[str, Any] = asyncio.run(_replay(settings, args.file, args.rate))
+    elif args.command == "rules":
+        _token(settings)
+        result = asyncio.run(_rules(settings, args.dry_run))
     else:
-        runtime.run("ingest", settings, _service)
+        _token(settings)
+        result = asyncio.run(_backfill(settings, args.query, args.limit, args.out))
+    print(json.dumps(result))
+
+
+def _with_redaction(settings: IngestSettings) -> runtime.Body:
+    async def body(rt: runtime.Runtime) -> None:
+        if settings.x_bearer_token is not None:
+            redact_secrets(settings.x_bearer_token.get_secret_value())
+        await _service(rt)
+
+    return body
 
 
 if __name__ == "__main__":

@@ -121,3 +121,28 @@ def _username(author_id: Any, users: list[Any]) -> str | None:
 
 def _int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) else None
+
+
+def stream_errors(payload: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The errors of a stream message that carries no post (X's system messages), else None.
+
+    A payload with both `data` and `errors` is a post with partial errors (say, a media item
+    that could not be expanded): still a post.
+    """
+    if "data" in payload:
+        return None
+    errors = payload.get("errors")
+    if not isinstance(errors, list) or not errors:
+        return None
+    return [e if isinstance(e, dict) else {"detail": str(e)} for e in errors]
+
+
+def is_operational_disconnect(errors: list[dict[str, Any]]) -> bool:
+    """X announces that it is about to close the stream for its own reasons: reconnect."""
+    for error in errors:
+        kind = str(error.get("type") or "")
+        if error.get("title") == "operational-disconnect" or kind.endswith("/operational-disconnect"):
+            return True
+        if error.get("disconnect_type"):
+            return True
+    return False

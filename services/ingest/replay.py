@@ -3,32 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from confluent_kafka import Message
 
-from services.common import metrics
-from services.common.avro import TWEETS
 from services.common.kafka import AsyncProducer
-from services.common.timeutil import now_ms
 
-from .payload import PayloadError, parse_line, to_tweet_record
+from .produce import PayloadProducer, Tally
 from .settings import IngestSettings
 
-log = logging.getLogger(__name__)
-STAGE = "ingest"
-
-
-@dataclass
-class ReplaySummary:
-    lines: int = 0
-    produced: int = 0
-    without_images: int = 0
-    dead_letters: dict[str, int] = field(default_factory=dict)
+#: what a replay reports: lines read, records produced, posts without images, dead letters by reason
+ReplaySummary = Tally
 
 
 class Pacer:
@@ -48,53 +35,37 @@ class Pacer:
 
 
 async def replay_lines(
-    lines: Iterable[bytes], settings: IngestSettings, producer: AsyncProducer, rate: float = 0.0
+    lines: Iterable[bytes],
+    settings: IngestSettings,
+    producer: AsyncProducer,
+    rate: float = 0.0,
+    priorities: Mapping[str, int] | None = None,
 ) -> ReplaySummary:
-    summary = ReplaySummary()
+    """Produce every line; a failed delivery raises, so a replay never reports records it lost."""
+    payloads = PayloadProducer(
+        producer,
+        output_topic=settings.output_topic,
+        dlq_topic=settings.dlq_topic,
+        priorities=settings.rule_priorities if priorities is None else priorities,
+        default_priority=settings.default_priority,
+        source="replay",
+    )
     pacer = Pacer(rate)
     pending: list[asyncio.Future[Message]] = []
     for line in lines:
-        record = None
-        try:
-            payload = parse_line(line)
-            if payload is None:
-                continue
-            summary.lines += 1
-            metrics.RECORDS_CONSUMED.labels(STAGE, "replay").inc()
-            record = to_tweet_record(
-                payload,
-                priorities=settings.rule_priorities,
-                default_priority=settings.default_priority,
-                ingest_ts_ms=now_ms(),
-            )
-        except (PayloadError, UnicodeDecodeError) as exc:
-            reason = exc.reason if isinstance(exc, PayloadError) else "bad_encoding"
-            summary.dead_letters[reason] = summary.dead_letters.get(reason, 0) + 1
-            pending.append(_dead_letter(producer, settings.dlq_topic, line, reason, str(exc)))
+        outgoing = payloads.prepare(line)
+        if outgoing is None:
             continue
-        if record is None:
-            summary.without_images += 1
-            metrics.RECORDS_SKIPPED.labels(STAGE, "no_images").inc()
-            continue
-        await pacer.wait()
-        pending.append(producer.produce(settings.output_topic, TWEETS.encode(record), key=record["tweet_id"]))
-        summary.produced += 1
+        if outgoing.tweet_id is not None:
+            await pacer.wait()
+        pending.append(payloads.send(outgoing))
         if len(pending) >= 1000:
             await _settle(pending)
     await _settle(pending)
-    metrics.RECORDS_PRODUCED.labels(STAGE, settings.output_topic).inc(summary.produced)
-    return summary
-
-
-def _dead_letter(producer: AsyncProducer, topic: str, line: bytes, reason: str, detail: str) -> asyncio.Future[Message]:
-    metrics.DEAD_LETTERS.labels(STAGE, reason).inc()
-    log.warning("dead letter", extra={"fields": {"reason": reason, "detail": detail[:200]}})
-    headers = [("error", reason.encode()), ("error_detail", detail.encode()[:2000]), ("stage", STAGE.encode())]
-    return producer.produce(topic, line, headers=headers)
+    return payloads.tally
 
 
 async def _settle(pending: list[asyncio.Future[Message]]) -> None:
-    """Wait for deliveries; a failed delivery raises, so a replay never reports records it lost."""
     await asyncio.gather(*pending)
     pending.clear()
 
