@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 FILE ?= demo/sample_stream.jsonl
 RATE ?= 0
 
-.PHONY: help setup system-deps venv kafka-jars model backfill rules up down status replay demo test test-unit lint bench clean
+.PHONY: help setup system-deps venv kafka-jars model backfill rules dataset up down status replay demo test test-unit lint bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -43,8 +43,10 @@ down:  ## stop everything `make up` started
 status:  ## what is running
 	scripts/stack.sh status
 
-replay: venv  ## replay a recorded stream: make replay FILE=path [RATE=posts/s]
-	$(PY) -m services.ingest replay $(FILE) --rate $(RATE)
+replay: venv  ## replay a recorded stream: make replay FILE=path [RATE=posts/s] [load shape: see README]
+	$(PY) -m services.ingest replay $(FILE) --rate $(RATE) $(if $(DURATION),--duration $(DURATION) \
+		--burst $(or $(BURST),1) --burst-start $(or $(BURST_START),0) --burst-seconds $(or $(BURST_SECONDS),0) \
+		--high-share $(or $(HIGH_SHARE),0.2) $(if $(THROTTLE),--throttle $(THROTTLE)))
 
 LIMIT ?= 100
 backfill: venv  ## recent search into tweets: make backfill QUERY=cats LIMIT=500 [OUT=file.jsonl writes a replay file instead]
@@ -52,6 +54,11 @@ backfill: venv  ## recent search into tweets: make backfill QUERY=cats LIMIT=500
 
 rules: venv  ## make the X stream's rules match services/ingest/rules.toml (DRY_RUN=1: show the diff only)
 	$(PY) -m services.ingest rules $(if $(DRY_RUN),--dry-run)
+
+THRESHOLD ?= 0.8
+DATASET ?= .run/dataset/dataset.csv
+dataset: venv  ## confident predictions per hashtag as an image-folder list (THRESHOLD=0.8 DATASET=path)
+	source deploy/local/services.env && $(PY) -m tools.dataset --threshold $(THRESHOLD) --out $(DATASET)
 
 demo: up  ## bring the stack up, replay the sample stream, show predictions arriving
 	$(PY) -m tools.demo --file $(FILE)

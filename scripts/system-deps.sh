@@ -3,7 +3,7 @@
 # Java 17, Maven and Python 3.11 are expected on the machine already (see README).
 set -euo pipefail
 
-PACKAGES=(curl)
+PACKAGES=(curl postgresql chromium fonts-dejavu-core)
 
 missing=()
 for package in "${PACKAGES[@]}"; do

@@ -42,6 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     wanted = expected_images(args.file)
     started_ms = int(time.time() * 1000)
+    print("open the gallery: http://localhost:8080/ (predictions appear live)", flush=True)
     print(f"replaying {args.file}: {len(wanted)} images to classify", flush=True)
     subprocess.run([sys.executable, "-m", "services.ingest", "replay", str(args.file)], check=True)
     seen: dict[tuple[str, str], dict[str, Any]] = {}
@@ -57,7 +58,9 @@ def main() -> None:
     print(f"\n{len(seen)} of {len(wanted)} images classified.")
     print(
         "Where to look:\n"
+        "  gallery           http://localhost:8080/\n"
         f"  predictions API   {SINK_API}\n"
+        "  OpenAPI           http://localhost:8080/api/openapi.yaml\n"
         "  metrics           http://localhost:9101/metrics (ingest) 9102 (fetcher) 9103 (classifier) 9104 (sink)\n"
         "  Triton            http://localhost:8000/v2/models/resnet50, metrics http://localhost:8002/metrics\n"
         "  dead letters      topic tweets.dlq (bad payloads, images that could not be fetched or decoded)\n"

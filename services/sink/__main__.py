@@ -1,7 +1,10 @@
-"""`python -m services.sink`: predictions → store, and the API on SINK_API_PORT."""
+"""`python -m services.sink`: predictions → store; the gallery, API and live updates on SINK_API_PORT."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from typing import Any
 
 from aiohttp import web
@@ -11,26 +14,42 @@ from services.common.avro import PREDICTIONS
 from services.common.stream import Output, run_stream
 
 from .api import make_app
+from .backend import open_store
+from .live import LiveHub
 from .settings import SinkSettings
-from .store import Store
+
+log = logging.getLogger(__name__)
 
 
 async def _service(rt: runtime.Runtime) -> None:
     settings = SinkSettings()
-    store = Store(settings.database_path)
+    store = await open_store(settings)
+    hub = LiveHub(settings.max_event_streams)
+    watcher = asyncio.create_task(store.watch(hub.publish), name="sink-live-feed")
+    watcher.add_done_callback(_report_end)
 
     async def handle(prediction: dict[str, Any]) -> list[Output]:
-        store.upsert(prediction)
+        await store.upsert(prediction)
         return []
 
-    runner = web.AppRunner(make_app(store), access_log=None)
+    runner = web.AppRunner(make_app(store, hub, settings.gallery_image_sources), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.api_host, settings.api_port).start()
+    log.info("serving", extra={"fields": {"port": settings.api_port, "store": store.backend}})
     try:
         await run_stream(rt, settings, PREDICTIONS, handle)
     finally:
+        hub.close()
         await runner.cleanup()
-        store.close()
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        await store.close()
+
+
+def _report_end(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the live feed stopped; the gallery gets no live updates", exc_info=task.exception())
 
 
 def main() -> None:

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import StreamSettings
+
+# Where the gallery may load images from: any https host (the X CDN and others), and the
+# local demo's image server.
+DEFAULT_IMAGE_SOURCES = "https: http://127.0.0.1:8765 http://localhost:8765"
 
 
 class SinkSettings(StreamSettings):
@@ -15,6 +20,33 @@ class SinkSettings(StreamSettings):
     metrics_port: int = 9104
     input_topic: str = "predictions"
     group_id: str = "sink"
+    #: storing is cheap and its results are the product: the sink does not shed unless told to
+    shedding_enabled: bool = False
+    #: SQLite file, used when `database_url` is unset
     database_path: Path = Path("predictions.db")
+    #: `postgresql://user:password@host:port/db`: use PostgreSQL instead of SQLite
+    database_url: SecretStr | None = None
+    database_pool_size: int = 4
     api_host: str = "0.0.0.0"  # noqa: S104 - pods listen on all interfaces
     api_port: int = 8080
+    #: the Content-Security-Policy `img-src` sources of the gallery, space-separated
+    gallery_image_sources: str = DEFAULT_IMAGE_SOURCES
+    #: live-update (server-sent events) connections served at once
+    max_event_streams: int = 100
+
+    @field_validator("gallery_image_sources")
+    @classmethod
+    def _one_csp_directive(cls, value: str) -> str:
+        # The value goes into a response header: nothing that could end the directive or the header.
+        if any(c in value for c in ";,\r\n") or not value.strip():
+            raise ValueError("space-separated CSP sources without ';', ',' or line breaks")
+        return " ".join(value.split())
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        if not value.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL")
+        return value

@@ -1,130 +1,195 @@
-"""The predictions store: SQLite in WAL mode, one row per image, upserted on (tweet id, media key)."""
+"""The predictions store: one interface, SQLite (default) and PostgreSQL implementations.
+
+One row per image, upserted on (tweet id, media key), so a redelivered record replaces
+its earlier copy. Reads are newest first by classification time and paged with a keyset
+cursor: the position (classify time, tweet id, media key) of the last item served, so
+pages neither skip nor repeat items when new predictions arrive between requests.
+"""
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
+import base64
+import binascii
 import json
-import sqlite3
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from services.common.timeutil import now_ms
+from services.common.stream import RetryableError
 
-# Each entry moves the schema one version up; `PRAGMA user_version` says how far a file is.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE predictions (
-        tweet_id TEXT NOT NULL,
-        media_key TEXT NOT NULL,
-        image_url TEXT NOT NULL,
-        post_url TEXT NOT NULL,
-        text TEXT NOT NULL,
-        author_username TEXT,
-        priority INTEGER NOT NULL,
-        hashtags TEXT NOT NULL,
-        scores TEXT NOT NULL,
-        model_name TEXT NOT NULL,
-        model_version TEXT NOT NULL,
-        ingest_ts_ms INTEGER NOT NULL,
-        fetch_ts_ms INTEGER NOT NULL,
-        classify_ts_ms INTEGER NOT NULL,
-        stored_ts_ms INTEGER NOT NULL,
-        PRIMARY KEY (tweet_id, media_key)
-    );
-    CREATE INDEX predictions_by_time ON predictions (classify_ts_ms DESC);
-    CREATE TABLE prediction_hashtags (
-        tweet_id TEXT NOT NULL,
-        media_key TEXT NOT NULL,
-        hashtag TEXT NOT NULL,
-        score REAL NOT NULL,
-        PRIMARY KEY (tweet_id, media_key, hashtag),
-        FOREIGN KEY (tweet_id, media_key) REFERENCES predictions ON DELETE CASCADE
-    );
-    CREATE INDEX prediction_hashtags_by_tag ON prediction_hashtags (hashtag, score);
-    """,
-)
 
-_COLUMNS = (
+class StoreUnavailable(RetryableError):
+    """The database cannot be reached or cannot write now; the operation may succeed later."""
+
+
+Prediction = dict[str, Any]
+"""A stored prediction as the API serves it (the `Prediction` schema of openapi.yaml)."""
+
+OnStored = Callable[[Prediction], None]
+
+# Columns of the `predictions` table in both backends, in insert order.
+COLUMNS = (
     "tweet_id", "media_key", "image_url", "post_url", "text", "author_username", "priority", "hashtags",
-    "scores", "model_name", "model_version", "ingest_ts_ms", "fetch_ts_ms", "classify_ts_ms", "stored_ts_ms",
+    "scores", "top_score", "model_name", "model_version", "ingest_ts_ms", "fetch_ts_ms", "classify_ts_ms",
+    "stored_ts_ms",
 )  # fmt: skip
 
+# What the API shows of a row; `top_score` is an index helper.
+_INTERNAL_COLUMNS = frozenset({"top_score"})
 
-class Store:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        migrate(self._db)
 
-    def close(self) -> None:
-        self._db.close()
+@dataclass(frozen=True)
+class Cursor:
+    """Where a page ended: the sort key of its last item."""
 
-    def upsert(self, prediction: dict[str, Any]) -> None:
-        row = {name: prediction.get(name) for name in _COLUMNS}
-        row["hashtags"] = json.dumps(prediction["hashtags"])
-        row["scores"] = json.dumps(prediction["scores"])
-        row["stored_ts_ms"] = now_ms()
-        updates = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[2:])
-        with self._transaction():
-            self._db.execute(
-                f"INSERT INTO predictions ({', '.join(_COLUMNS)}) VALUES ({', '.join(':' + c for c in _COLUMNS)}) "  # noqa: S608 - fixed column names
-                f"ON CONFLICT (tweet_id, media_key) DO UPDATE SET {updates}",
-                row,
-            )
-            key = (prediction["tweet_id"], prediction["media_key"])
-            self._db.execute("DELETE FROM prediction_hashtags WHERE tweet_id = ? AND media_key = ?", key)
-            self._db.executemany(
-                "INSERT INTO prediction_hashtags (tweet_id, media_key, hashtag, score) VALUES (?, ?, ?, ?)",
-                [(*key, h["hashtag"], h["score"]) for h in prediction["hashtags"]],
-            )
+    classify_ts_ms: int
+    tweet_id: str
+    media_key: str
 
-    def recent(self, *, limit: int = 50, hashtag: str | None = None, min_score: float = 0.0) -> list[dict[str, Any]]:
-        if hashtag:
-            rows = self._db.execute(
-                "SELECT p.* FROM predictions p JOIN prediction_hashtags h USING (tweet_id, media_key) "
-                "WHERE h.hashtag = ? AND h.score >= ? ORDER BY p.classify_ts_ms DESC LIMIT ?",
-                (hashtag, min_score, limit),
-            )
-        else:
-            rows = self._db.execute("SELECT * FROM predictions ORDER BY classify_ts_ms DESC LIMIT ?", (limit,))
-        return [_to_dict(r) for r in rows]
+    def encode(self) -> str:
+        raw = json.dumps([self.classify_ts_ms, self.tweet_id, self.media_key], separators=(",", ":"))
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
-    def get(self, tweet_id: str, media_key: str) -> dict[str, Any] | None:
-        row = self._db.execute(
-            "SELECT * FROM predictions WHERE tweet_id = ? AND media_key = ?", (tweet_id, media_key)
-        ).fetchone()
-        return _to_dict(row) if row else None
-
-    def count(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM predictions").fetchone()[0])
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN")
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
         try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+            raw = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        except (ValueError, binascii.Error) as exc:
+            raise ValueError("cursor is not one this API returned") from exc
+        if (
+            not isinstance(raw, list)
+            or len(raw) != 3
+            or not isinstance(raw[0], int)
+            or isinstance(raw[0], bool)
+            or not all(isinstance(part, str) for part in raw[1:])
+        ):
+            raise ValueError("cursor is not one this API returned")
+        return cls(raw[0], raw[1], raw[2])
+
+    @classmethod
+    def after(cls, item: Prediction) -> Cursor:
+        return cls(item["classify_ts_ms"], item["tweet_id"], item["media_key"])
 
 
-def migrate(db: sqlite3.Connection) -> int:
-    """Apply the migrations this file has not seen; return the schema version."""
-    version = int(db.execute("PRAGMA user_version").fetchone()[0])
-    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-        db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
-    return len(MIGRATIONS)
+@dataclass(frozen=True)
+class PredictionQuery:
+    """Recent predictions, newest first.
+
+    `hashtag`: only images suggested this hashtag; `min_score`: only images with a suggested
+    hashtag (that one, when given) scoring at least this; `since_ms` (inclusive) and
+    `until_ms` (exclusive) bound the classification time.
+    """
+
+    limit: int = 50
+    hashtag: str | None = None
+    min_score: float = 0.0
+    since_ms: int | None = None
+    until_ms: int | None = None
+    cursor: Cursor | None = None
 
 
-def _to_dict(row: sqlite3.Row) -> dict[str, Any]:
-    item = dict(row)
-    item["hashtags"] = json.loads(item["hashtags"])
-    item["scores"] = json.loads(item["scores"])
-    item["end_to_end_ms"] = item["classify_ts_ms"] - item["ingest_ts_ms"]
+@dataclass(frozen=True)
+class Page:
+    items: list[Prediction]
+    next_cursor: Cursor | None
+
+
+@dataclass(frozen=True)
+class HashtagCount:
+    hashtag: str
+    count: int
+
+
+@dataclass(frozen=True)
+class DatasetRow:
+    """One (image, hashtag) pair over the export threshold."""
+
+    tweet_id: str
+    media_key: str
+    image_url: str
+    hashtag: str
+    score: float
+
+
+class Store(Protocol):
+    """What the sink, its API and the dataset export need from a store."""
+
+    backend: str
+
+    async def upsert(self, prediction: Mapping[str, Any]) -> Prediction:
+        """Store one `predictions` record (insert or replace); return it as stored."""
+        ...
+
+    async def get(self, tweet_id: str, media_key: str) -> Prediction | None: ...
+
+    async def recent(self, query: PredictionQuery) -> Page: ...
+
+    async def hashtag_counts(
+        self, *, since_ms: int, until_ms: int | None, min_score: float = 0.0, limit: int = 100
+    ) -> list[HashtagCount]:
+        """Images per suggested hashtag classified in [since_ms, until_ms) (no end: None), most first."""
+        ...
+
+    def confident(self, threshold: float) -> AsyncIterator[DatasetRow]:
+        """Every suggested hashtag scoring at least `threshold`, by hashtag then best score first."""
+        ...
+
+    async def count(self) -> int: ...
+
+    async def watch(self, on_stored: OnStored, listening: asyncio.Event | None = None) -> None:
+        """Call `on_stored` with each prediction stored from now on, until cancelled.
+
+        `listening` is set once nothing stored from then on can be missed (and again after
+        a reconnection).
+
+        SQLite: the writes of this process. PostgreSQL: the writes of every sink replica
+        sharing the database (LISTEN/NOTIFY).
+        """
+        ...
+
+    async def close(self) -> None: ...
+
+
+def to_row(prediction: Mapping[str, Any], stored_ts_ms: int) -> dict[str, Any]:
+    """The `predictions` row of a record; hashtags and scores as JSON text."""
+    hashtags = distinct_hashtags(prediction["hashtags"])
+    row = {name: prediction.get(name) for name in COLUMNS}
+    row["hashtags"] = json.dumps(hashtags)
+    row["scores"] = json.dumps(dict(prediction["scores"]))
+    row["top_score"] = max((h["score"] for h in hashtags), default=0.0)
+    row["stored_ts_ms"] = stored_ts_ms
+    return row
+
+
+def distinct_hashtags(hashtags: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each hashtag once, at its best score, in the order of first mention (the record's is best first)."""
+    best: dict[str, float] = {}
+    for h in hashtags:
+        best[h["hashtag"]] = max(best.get(h["hashtag"], h["score"]), h["score"])
+    return [{"hashtag": tag, "score": score} for tag, score in best.items()]
+
+
+def to_prediction(row: Mapping[str, Any]) -> Prediction:
+    """The API's view of a stored row (SQLite gives JSON as text, PostgreSQL as values)."""
+    item = {key: value for key, value in row.items() if key not in _INTERNAL_COLUMNS}
+    for key in ("hashtags", "scores"):
+        if isinstance(item[key], str):
+            item[key] = json.loads(item[key])
+    # Ingest to stored: how long the post took to become visible here.
+    item["end_to_end_ms"] = item["stored_ts_ms"] - item["ingest_ts_ms"]
     return item
+
+
+def page_of(rows: list[Prediction], limit: int) -> Page:
+    """A page from up to `limit + 1` rows: the extra one only says there is more."""
+    items = rows[:limit]
+    more = len(rows) > limit
+    return Page(items=items, next_cursor=Cursor.after(items[-1]) if more and items else None)
+
+
+def matches(item: Prediction, hashtag: str | None, min_score: float) -> bool:
+    """The `hashtag` / `min_score` filter of PredictionQuery, for one prediction in memory."""
+    return any((hashtag is None or h["hashtag"] == hashtag) and h["score"] >= min_score for h in item["hashtags"]) or (
+        hashtag is None and min_score <= 0 and not item["hashtags"]
+    )

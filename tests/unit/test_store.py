@@ -1,61 +1,100 @@
+"""The SQLite store's own concerns: migrations of existing files, WAL; the shared behaviour is in tests/sink."""
+
+import json
 import sqlite3
 from pathlib import Path
-from typing import Any
 
-from services.sink.store import MIGRATIONS, Store, migrate
+import pytest
 
-
-def prediction(
-    tweet_id: str = "1", media_key: str = "3_1", tags: tuple[str, ...] = ("cats",), ts: int = 100
-) -> dict[str, Any]:
-    return {
-        "tweet_id": tweet_id,
-        "media_key": media_key,
-        "image_url": "https://pbs.example/a.jpg",
-        "post_url": f"https://x.com/i/web/status/{tweet_id}",
-        "text": "<script>alert(1)</script>",
-        "author_username": "alice",
-        "priority": 1,
-        "hashtags": [{"hashtag": t, "score": 0.9 - i * 0.1} for i, t in enumerate(tags)],
-        "scores": {t: 0.5 for t in tags},
-        "model_name": "resnet50",
-        "model_version": "1",
-        "ingest_ts_ms": ts - 50,
-        "fetch_ts_ms": ts - 20,
-        "classify_ts_ms": ts,
-        "inference_ms": 12.5,
-        "batch_size": 4,
-    }
+from services.sink.sqlite_store import MIGRATIONS, SqliteStore, migrate
+from services.sink.store import Cursor, PredictionQuery, matches
+from tests.sink.records import prediction
 
 
-def test_upsert_keeps_one_row_per_image(tmp_path: Path) -> None:
-    store = Store(tmp_path / "p.db")
-    store.upsert(prediction(tags=("cats",)))
-    store.upsert(prediction(tags=("dogs", "horse")))  # a replay of the same image
-    assert store.count() == 1
-    item = store.get("1", "3_1")
-    assert item is not None
-    assert [h["hashtag"] for h in item["hashtags"]] == ["dogs", "horse"]
-    assert item["text"] == "<script>alert(1)</script>"
-    assert item["end_to_end_ms"] == 50
-    assert store.recent(hashtag="cats") == []
+def version_one_file(path: Path) -> None:
+    """A database as the first release of the sink left it, with one prediction."""
+    db = sqlite3.connect(path)
+    db.executescript(f"BEGIN; {MIGRATIONS[0]}; PRAGMA user_version = 1; COMMIT;")
+    record = prediction("7", "3_7", tags=(("dogs", 0.8), ("cats", 0.6)), ts=5000)
+    db.execute(
+        "INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            *(record[c] for c in ("tweet_id", "media_key", "image_url", "post_url", "text", "author_username")),
+            record["priority"],
+            json.dumps(record["hashtags"]),
+            json.dumps(record["scores"]),
+            record["model_name"],
+            record["model_version"],
+            record["ingest_ts_ms"],
+            record["fetch_ts_ms"],
+            record["classify_ts_ms"],
+            6000,
+        ),
+    )
+    db.executemany(
+        "INSERT INTO prediction_hashtags VALUES (?, ?, ?, ?)",
+        [("7", "3_7", h["hashtag"], h["score"]) for h in record["hashtags"]],
+    )
+    db.commit()
+    db.close()
 
 
-def test_recent_newest_first_filtered_by_hashtag_and_score(tmp_path: Path) -> None:
-    store = Store(tmp_path / "p.db")
-    store.upsert(prediction("1", tags=("cats",), ts=100))
-    store.upsert(prediction("2", tags=("dogs", "cats"), ts=200))
-    store.upsert(prediction("3", tags=("dogs",), ts=300))
-    assert [p["tweet_id"] for p in store.recent()] == ["3", "2", "1"]
-    assert [p["tweet_id"] for p in store.recent(hashtag="cats")] == ["2", "1"]
-    assert [p["tweet_id"] for p in store.recent(hashtag="cats", min_score=0.85)] == ["1"]
-    assert [p["tweet_id"] for p in store.recent(limit=1)] == ["3"]
-
-
-def test_migrations_run_once_and_record_the_version(tmp_path: Path) -> None:
+async def test_a_version_one_file_is_migrated_with_its_data(tmp_path: Path) -> None:
     path = tmp_path / "p.db"
-    Store(path).close()
+    version_one_file(path)
+    store = SqliteStore(path)
+    item = await store.get("7", "3_7")
+    assert item is not None
+    assert item["end_to_end_ms"] == 6000 - item["ingest_ts_ms"]
+    assert [p["tweet_id"] for p in (await store.recent(PredictionQuery(hashtag="cats", since_ms=5000))).items] == ["7"]
+    assert (await store.recent(PredictionQuery(min_score=0.7))).items == [item]  # top score 0.8, carried over
+    assert (await store.recent(PredictionQuery(min_score=0.9))).items == []
+    counts = await store.hashtag_counts(since_ms=5000, until_ms=5001)
+    assert [(c.hashtag, c.count) for c in counts] == [("cats", 1), ("dogs", 1)]
+    await store.close()
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     assert migrate(db) == len(MIGRATIONS)  # nothing left to apply, no error
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_file_from_a_newer_release_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "p.db"
+    SqliteStore(path)
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    db.close()
+    with pytest.raises(RuntimeError, match="newer"):
+        SqliteStore(path)
+
+
+def test_a_failed_migration_is_rolled_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "p.db"
+    version_one_file(path)
+    monkeypatch.setattr("services.sink.sqlite_store.MIGRATIONS", (*MIGRATIONS, "CREATE TABLE broken (;"))
+    with pytest.raises(sqlite3.OperationalError):
+        SqliteStore(path)
+    db = sqlite3.connect(path)
+    # The good migrations ran, each in its own transaction; the broken one left nothing.
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    assert not db.in_transaction
+    assert db.execute("SELECT count(*) FROM predictions").fetchone()[0] == 1
+
+
+def test_cursors_round_trip_and_refuse_what_the_api_never_sent() -> None:
+    cursor = Cursor(1_700_000_000_000, "18446744073709551615", "3_1")
+    assert Cursor.decode(cursor.encode()) == cursor
+    for forged in ("", "!!", "bm90IGpzb24", "WzEsMl0", "WyIxIiwiYSIsImIiXQ", "W3RydWUsImEiLCJiIl0"):
+        with pytest.raises(ValueError, match="cursor"):
+            Cursor.decode(forged)
+
+
+def test_matches_needs_the_hashtag_and_the_score_on_the_same_suggestion() -> None:
+    item = prediction(tags=(("dogs", 0.95), ("cats", 0.6)))
+    assert matches(item, None, 0.0)
+    assert matches(item, "cats", 0.5)
+    assert not matches(item, "cats", 0.9)  # 0.95 is the dogs score
+    assert matches(item, None, 0.9)
+    assert not matches(item, "horse", 0.0)
+    assert matches(prediction(tags=()), None, 0.0)
+    assert not matches(prediction(tags=()), None, 0.1)

@@ -1,0 +1,161 @@
+"""What every store implementation must do, run against SQLite and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+from services.sink.store import Cursor, HashtagCount, Prediction, PredictionQuery, Store, matches
+
+from .records import prediction
+
+TAGS = ("cats", "dogs", "horse", "others")
+
+
+async def all_pages(store: Store, query: PredictionQuery) -> list[list[Prediction]]:
+    pages = []
+    while True:
+        page = await store.recent(query)
+        pages.append(page.items)
+        if page.next_cursor is None:
+            return pages
+        query = PredictionQuery(**{**query.__dict__, "cursor": page.next_cursor})
+
+
+def keys(items: list[Prediction]) -> list[tuple[str, str]]:
+    return [(p["tweet_id"], p["media_key"]) for p in items]
+
+
+async def fill(store: Store, count: int) -> list[dict[str, Any]]:
+    """`count` records with varied hashtags and scores; several share a classify time."""
+    records = []
+    for n in range(count):
+        tags = tuple((TAGS[(n + i) % len(TAGS)], round(0.95 - 0.07 * ((n * 3 + i * 5) % 12), 4)) for i in range(n % 3))
+        record = prediction(str(1000 + n), f"3_{n % 2}", tags=tags, ts=1_000_000 + (n // 3) * 1000)
+        await store.upsert(record)
+        records.append(record)
+    return records
+
+
+async def test_upsert_keeps_one_row_per_image_and_returns_it_as_stored(store: Store) -> None:
+    first = await store.upsert(prediction(tags=(("cats", 0.9),)))
+    again = await store.upsert(prediction(tags=(("dogs", 0.8), ("horse", 0.7))))  # a redelivery
+    assert await store.count() == 1
+    item = await store.get("1", "3_1")
+    assert item == again
+    assert [h["hashtag"] for h in item["hashtags"]] == ["dogs", "horse"]
+    assert item["text"] == "<script>alert(1)</script> & friends"
+    assert item["scores"] == {"dogs": 0.8, "horse": 0.7, "others": 0.01}
+    assert item["stored_ts_ms"] >= first["stored_ts_ms"]
+    assert item["end_to_end_ms"] == item["stored_ts_ms"] - item["ingest_ts_ms"]
+    assert (await store.recent(PredictionQuery(hashtag="cats"))).items == []
+    assert await store.get("1", "no-such-key") is None
+
+
+async def test_recent_is_newest_first_and_filtered_by_hashtag_score_and_time(store: Store) -> None:
+    await store.upsert(prediction("1", tags=(("cats", 0.9),), ts=100_000))
+    await store.upsert(prediction("2", tags=(("dogs", 0.95), ("cats", 0.6)), ts=200_000))
+    await store.upsert(prediction("3", tags=(("dogs", 0.7),), ts=300_000))
+
+    async def ids(**query: Any) -> list[str]:
+        return [p["tweet_id"] for p in (await store.recent(PredictionQuery(**query))).items]
+
+    assert await ids() == ["3", "2", "1"]
+    assert await ids(hashtag="cats") == ["2", "1"]
+    assert await ids(hashtag="cats", min_score=0.85) == ["1"]
+    assert await ids(min_score=0.85) == ["2", "1"]  # any suggested hashtag that high
+    assert await ids(since_ms=200_000) == ["3", "2"]
+    assert await ids(until_ms=200_000) == ["1"]
+    assert await ids(since_ms=150_000, until_ms=300_001, hashtag="dogs", min_score=0.8) == ["2"]
+    assert await ids(limit=1) == ["3"]
+
+
+async def test_pages_cover_every_match_once_in_order(store: Store) -> None:
+    records = await fill(store, 40)
+    for query in (PredictionQuery(limit=7), PredictionQuery(limit=3, hashtag="cats", min_score=0.5)):
+        pages = await all_pages(store, query)
+        served = [item for page in pages for item in page]
+        expected = sorted(
+            (r for r in records if matches(r, query.hashtag, query.min_score)),
+            key=lambda r: (r["classify_ts_ms"], r["tweet_id"], r["media_key"]),
+            reverse=True,
+        )
+        assert keys(served) == keys(expected)
+        assert all(len(page) == query.limit for page in pages[:-1])
+
+
+async def test_a_page_does_not_shift_when_newer_predictions_arrive(store: Store) -> None:
+    await fill(store, 10)
+    first = await store.recent(PredictionQuery(limit=4))
+    assert first.next_cursor is not None
+    expected_next = (await store.recent(PredictionQuery(limit=4, cursor=first.next_cursor))).items
+    await store.upsert(prediction("9999", ts=9_000_000))  # newer than everything
+    after = await store.recent(PredictionQuery(limit=4, cursor=Cursor.decode(first.next_cursor.encode())))
+    assert keys(after.items) == keys(expected_next)
+
+
+async def test_the_sql_filter_is_the_in_memory_filter(store: Store) -> None:
+    records = await fill(store, 30)
+    for hashtag, min_score in itertools.product((None, *TAGS, "absent"), (0.0, 0.5, 0.8, 0.95)):
+        query = PredictionQuery(limit=500, hashtag=hashtag, min_score=min_score)
+        served = {(p["tweet_id"], p["media_key"]) for p in (await store.recent(query)).items}
+        wanted = {(r["tweet_id"], r["media_key"]) for r in records if matches(r, hashtag, min_score)}
+        assert served == wanted, (hashtag, min_score)
+
+
+async def test_hashtag_counts_over_a_window(store: Store) -> None:
+    await store.upsert(prediction("1", tags=(("cats", 0.9),), ts=100_000))
+    await store.upsert(prediction("2", tags=(("dogs", 0.95), ("cats", 0.6)), ts=200_000))
+    await store.upsert(prediction("3", tags=(("dogs", 0.7),), ts=300_000))
+    await store.upsert(prediction("4", tags=(("horse", 0.7),), ts=300_000))
+
+    assert await store.hashtag_counts(since_ms=0, until_ms=None) == [
+        HashtagCount("cats", 2),
+        HashtagCount("dogs", 2),
+        HashtagCount("horse", 1),
+    ]
+    assert await store.hashtag_counts(since_ms=150_000, until_ms=300_000) == [
+        HashtagCount("cats", 1),
+        HashtagCount("dogs", 1),
+    ]
+    assert await store.hashtag_counts(since_ms=0, until_ms=None, min_score=0.8) == [
+        HashtagCount("cats", 1),
+        HashtagCount("dogs", 1),
+    ]
+    assert await store.hashtag_counts(since_ms=0, until_ms=None, limit=1) == [HashtagCount("cats", 2)]
+    assert await store.hashtag_counts(since_ms=400_000, until_ms=None) == []
+
+
+async def test_confident_rows_by_hashtag_best_first(store: Store) -> None:
+    await store.upsert(prediction("1", tags=(("cats", 0.9),)))
+    await store.upsert(prediction("2", tags=(("dogs", 0.95), ("cats", 0.97))))
+    await store.upsert(prediction("3", tags=(("dogs", 0.6),)))
+    rows = [(r.hashtag, r.tweet_id, r.score) async for r in store.confident(0.8)]
+    assert rows == [("cats", "2", 0.97), ("cats", "1", 0.9), ("dogs", "2", 0.95)]
+    assert [r async for r in store.confident(0.99)] == []
+
+
+async def test_watch_sees_what_is_stored_from_then_on(store: Store) -> None:
+    seen: list[Prediction] = []
+    arrived = asyncio.Event()
+
+    def on_stored(item: Prediction) -> None:
+        seen.append(item)
+        arrived.set()
+
+    await store.upsert(prediction("before"))
+    listening = asyncio.Event()
+    watcher = asyncio.create_task(store.watch(on_stored, listening))
+    await asyncio.wait_for(listening.wait(), timeout=10)
+    stored = await store.upsert(prediction("after", tags=(("dogs", 0.8),)))
+    await asyncio.wait_for(arrived.wait(), timeout=10)
+    watcher.cancel()
+    assert seen == [stored]
+
+
+async def test_a_hashtag_named_twice_is_kept_once_at_its_best_score(store: Store) -> None:
+    stored = await store.upsert(prediction(tags=(("cats", 0.6), ("dogs", 0.7), ("cats", 0.9))))
+    assert stored["hashtags"] == [{"hashtag": "cats", "score": 0.9}, {"hashtag": "dogs", "score": 0.7}]
+    assert await store.hashtag_counts(since_ms=0, until_ms=None) == [HashtagCount("cats", 1), HashtagCount("dogs", 1)]
+    assert keys((await store.recent(PredictionQuery(hashtag="cats", min_score=0.85))).items) == [("1", "3_1")]
