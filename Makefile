@@ -9,10 +9,10 @@ STAMP := $(VENV)/.installed
 FILE ?= demo/sample_stream.jsonl
 RATE ?= 0
 
-.PHONY: help setup system-deps venv kafka-jars model backfill rules dataset up down status replay demo test test-unit lint bench clean
+.PHONY: help setup system-deps venv kafka-jars model k8s-tools backfill rules dataset up down status replay demo test test-unit lint bench clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON_BIN) -m venv $(VENV)
@@ -31,7 +31,10 @@ model: $(STAMP)  ## export ResNet50 to ONNX (CHECKPOINT=path for fine-tuned weig
 system-deps:  ## Debian packages (scripts/system-deps.sh), installed only when missing
 	scripts/system-deps.sh
 
-setup: system-deps venv kafka-jars model  ## everything the stack and the tests need
+k8s-tools:  ## kustomize, checkov, hadolint and the operators' CRDs for tests/deploy, in .cache
+	scripts/k8s-tools.sh
+
+setup: system-deps venv kafka-jars model k8s-tools  ## everything the stack and the tests need
 	scripts/triton.sh setup
 
 up: setup  ## start Kafka, Triton and the four services in the background
@@ -66,7 +69,7 @@ demo: up  ## bring the stack up, replay the sample stream, show predictions arri
 test: setup  ## the whole suite: unit tests, then integration tests on the real stack
 	$(PY) -m pytest -q -ra
 
-test-unit: venv  ## only the tests that need no running stack
+test-unit: venv k8s-tools  ## only the tests that need no running stack
 	$(PY) -m pytest -q -m 'not integration'
 
 bench: setup  ## the benchmarks: a table, and bench/results/latest.json (ONLY="name ..." for some)
