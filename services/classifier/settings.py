@@ -18,7 +18,9 @@ class ClassifierSettings(StreamSettings):
     input_topic: str = "images"
     output_topic: str = "predictions"
     group_id: str = "classifier"
-    max_in_flight: int = 128
+    #: records between consuming and producing; they wait here after the shedding decision, so
+    #: keep it near 2 x max_batch_size x max_requests_in_flight
+    max_in_flight: int = 64
     triton_url: str = "localhost:8001"
     model_name: str = "resnet50"
     #: empty: the newest version Triton serves

@@ -1,4 +1,10 @@
-"""The `/metrics` and `/healthz` endpoints every service serves on its own port."""
+"""The `/metrics`, `/healthz` and `/livez` endpoints every service serves on its own port.
+
+`/healthz` says whether the service is ready to do its work (503 with the reasons when a
+dependency is missing: no partitions yet, the model not ready); `/livez` only that the
+process and its event loop answer, so a liveness probe does not restart a service that is
+rightly waiting for Kafka or Triton to come back.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ class HealthServer:
         self.app = web.Application()
         self.app.router.add_get("/metrics", self._metrics)
         self.app.router.add_get("/healthz", self._healthz)
+        self.app.router.add_get("/livez", self._livez)
         self._runner: web.AppRunner | None = None
 
     def add_check(self, check: ReadinessCheck) -> None:
@@ -35,6 +42,9 @@ class HealthServer:
 
     async def _metrics(self, _: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _livez(self, _: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
 
     async def _healthz(self, _: web.Request) -> web.Response:
         problems = [p for p in (check() for check in self._checks) if p]

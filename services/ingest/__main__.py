@@ -20,9 +20,10 @@ from . import rules as stream_rules
 from .backfill import FileOutput, KafkaOutput, Output, backfill
 from .dedup import RecentIds
 from .live import run_live, stream_client
+from .loadshape import LoadShape, Throttle
 from .produce import PayloadFile, PayloadProducer
 from .redact import redact_secrets
-from .replay import read_lines, replay_lines
+from .replay import read_lines, read_payloads, replay_lines, replay_shaped
 from .settings import IngestSettings
 from .xapi import XSearchClient
 
@@ -32,10 +33,22 @@ def _priorities(settings: IngestSettings) -> dict[str, int]:
     return rule_set.priorities(settings.rule_priorities, "rule_priorities" in settings.model_fields_set)
 
 
-async def _replay(settings: IngestSettings, path: Path, rate: float) -> dict[str, object]:
+async def _replay(
+    settings: IngestSettings,
+    path: Path,
+    rate: float,
+    shape: LoadShape | None = None,
+    high_share: float = 0.2,
+    throttle: Throttle | None = None,
+) -> dict[str, object]:
     producer = AsyncProducer(producer_config(settings.kafka, "tagstream-ingest-replay"))
     try:
-        summary = await replay_lines(read_lines(path), settings, producer, rate, _priorities(settings))
+        if shape is None:
+            summary = await replay_lines(read_lines(path), settings, producer, rate, _priorities(settings))
+        else:
+            summary = await replay_shaped(
+                read_payloads(path), shape, high_share, settings, producer, _priorities(settings), throttle=throttle
+            )
     finally:
         await producer.close()
     return dataclasses.asdict(summary)
@@ -116,6 +129,13 @@ def main() -> None:
     replay = sub.add_parser("replay", help="replay a recorded stream file into the tweets topic")
     replay.add_argument("file", type=Path)
     replay.add_argument("--rate", type=float, default=0.0, help="posts per second (0: as fast as possible)")
+    shape = replay.add_argument_group("load shape (with --duration: cycle the file's posts on a schedule)")
+    shape.add_argument("--duration", type=float, help="seconds to send for; the file is cycled with fresh ids")
+    shape.add_argument("--burst", type=float, default=1.0, help="rate multiplier during the burst")
+    shape.add_argument("--burst-start", type=float, default=0.0, help="seconds before the burst")
+    shape.add_argument("--burst-seconds", type=float, default=0.0, help="length of the burst")
+    shape.add_argument("--high-share", type=float, default=0.2, help="share of posts given a high-priority rule")
+    shape.add_argument("--throttle", type=Throttle.parse, help="N/S: send at most N posts per S-second window")
     rules = sub.add_parser("rules", help="make the stream's rules match the rules file")
     rules.add_argument("--dry-run", action="store_true", help="print the changes and validate them; change nothing")
     back = sub.add_parser("backfill", help="recent search into the tweets topic, or into a replay file")
@@ -130,7 +150,12 @@ def main() -> None:
         return
     _configure_logs(settings)
     if args.command == "replay":
-        result: dict[str, Any] = asyncio.run(_replay(settings, args.file, args.rate))
+        load = None
+        if args.duration is not None:
+            load = LoadShape(args.rate, args.duration, args.burst, args.burst_start, args.burst_seconds)
+        result: dict[str, Any] = asyncio.run(
+            _replay(settings, args.file, args.rate, load, args.high_share, args.throttle)
+        )
     elif args.command == "rules":
         _token(settings)
         result = asyncio.run(_rules(settings, args.dry_run))

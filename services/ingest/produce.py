@@ -34,6 +34,9 @@ class Tally:
     produced: int = 0
     without_images: int = 0
     duplicates: int = 0
+    #: posts a shaped replay's static throttle never sent
+    throttled: int = 0
+    throttled_high: int = 0
     dead_letters: dict[str, int] = field(default_factory=dict)
 
 

@@ -6,11 +6,14 @@ import asyncio
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import Message
 
 from services.common.kafka import AsyncProducer
 
+from .loadshape import LoadShape, Throttle, shaped_payloads
+from .payload import PayloadError, parse_line
 from .produce import PayloadProducer, Tally
 from .settings import IngestSettings
 
@@ -63,6 +66,62 @@ async def replay_lines(
             await _settle(pending)
     await _settle(pending)
     return payloads.tally
+
+
+async def replay_shaped(
+    payloads: list[dict[str, Any]],
+    shape: LoadShape,
+    high_share: float,
+    settings: IngestSettings,
+    producer: AsyncProducer,
+    priorities: Mapping[str, int] | None = None,
+    id_base: int | None = None,
+    throttle: Throttle | None = None,
+) -> ReplaySummary:
+    """Send the file's posts cycled to `shape`'s schedule, `high_share` of them high priority.
+
+    With `throttle`, posts over its budget are never read, as the seed project's sender did.
+    """
+    sender = PayloadProducer(
+        producer,
+        output_topic=settings.output_topic,
+        dlq_topic=settings.dlq_topic,
+        priorities=settings.rule_priorities if priorities is None else priorities,
+        default_priority=settings.default_priority,
+        source="replay",
+    )
+    times = list(shape.send_times())
+    base = id_base if id_base is not None else time.time_ns() // 1000 * 1000
+    started = time.monotonic()
+    pending: list[asyncio.Future[Message]] = []
+    for at, (payload, high) in zip(times, shaped_payloads(payloads, len(times), high_share, base), strict=True):
+        delay = started + at - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if throttle is not None and not throttle.admit(at):
+            sender.tally.throttled += 1
+            sender.tally.throttled_high += high
+            continue
+        outgoing = sender.prepare(b"", payload)
+        if outgoing is not None:
+            pending.append(sender.send(outgoing))
+        if len(pending) >= 1000:
+            await _settle(pending)
+    await _settle(pending)
+    return sender.tally
+
+
+def read_payloads(path: Path) -> list[dict[str, Any]]:
+    """The posts of a replay file; lines that are not JSON objects are left out."""
+    payloads = []
+    for line in read_lines(path):
+        try:
+            payload = parse_line(line)
+        except (PayloadError, UnicodeDecodeError):
+            continue
+        if payload is not None:
+            payloads.append(payload)
+    return payloads
 
 
 async def _settle(pending: list[asyncio.Future[Message]]) -> None:

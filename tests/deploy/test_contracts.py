@@ -112,8 +112,8 @@ def test_ports_and_probes_match_the_settings(objects: list[Obj], service: str, m
     ports = _ports(workload)
     assert ports["metrics"] == settings.metrics_port
     c = container(workload)
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert c[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}, probe
+    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "metrics"}
     svc = named(objects, "Service", service)
     assert selector_matches(
         {"matchLabels": svc["spec"]["selector"]}, workload["spec"]["template"]["metadata"]["labels"]
