@@ -38,6 +38,7 @@ from .figures import Figure
 from .stack import ROOT, running
 
 TRITON = "localhost:8001"
+ROUNDS = 2
 
 
 def sample_pixels(count: int) -> list[bytes]:
@@ -169,10 +170,17 @@ def run() -> list[Figure]:
         _wait_model("resnet50")
         results: dict[str, Any] = {}
         for model, n, batch, in_flight in (("resnet50", 160, 8, 2), ("noop", 3000, 16, 4)):
-            alone = asyncio.run(triton_alone(model, images, n, batch, in_flight))
-            pipeline = classifier_rate(model, images, n, batch, in_flight, "raw")
-            results[model] = {"alone": alone, "pipeline": pipeline, "n": n, "batch": batch, "in_flight": in_flight}
-            print(f"{model}: Triton alone {alone:.1f}/s, classifier {pipeline:.1f}/s", flush=True)
+            # Alternated, twice, medians kept: both sides see the same drift of a shared machine.
+            alone_runs, pipeline_runs = [], []
+            for _ in range(ROUNDS):
+                alone_runs.append(asyncio.run(triton_alone(model, images, n, batch, in_flight)))
+                pipeline_runs.append(classifier_rate(model, images, n, batch, in_flight, "raw"))
+            alone, pipeline = statistics.median(alone_runs), statistics.median(pipeline_runs)
+            results[model] = {
+                "alone": alone, "pipeline": pipeline, "n": n, "batch": batch, "in_flight": in_flight,
+                "alone_runs": alone_runs, "pipeline_runs": pipeline_runs,
+            }  # fmt: skip
+            print(f"{model}: Triton alone {alone_runs}/s, classifier {pipeline_runs}/s", flush=True)
         noop = results["noop"]
         jpeg_rate = classifier_rate("noop", images, noop["n"], noop["batch"], noop["in_flight"], "jpeg")
         print(f"noop with JPEG pixels: classifier {jpeg_rate:.1f}/s", flush=True)
