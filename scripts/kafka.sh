@@ -3,6 +3,7 @@
 #
 # Usage: scripts/kafka.sh {fetch|start|stop|status|reset}
 #   fetch   download the broker jars from Maven Central (via mvn) into ${CACHE_DIR}/kafka/jars
+#           (the Prometheus JMX exporter agent into ${CACHE_DIR}/kafka/jars/agent)
 #   start   fetch, format storage once, start the broker in the background, wait until it answers
 #   stop    stop the broker started by `start` (SIGTERM, then SIGKILL after a bounded wait)
 #   status  print running/stopped; exit 0 if running, 1 if not
@@ -12,6 +13,8 @@
 #   CACHE_DIR (.cache)  RUN_DIR (.run)  PYTHON (.venv/bin/python)
 #   KAFKA_HEAP_OPTS (-Xms256m -Xmx512m)  KAFKA_OPTS (extra JVM flags)
 #   KAFKA_START_TIMEOUT (90 s)  KAFKA_STOP_TIMEOUT (30 s)  KAFKA_CLUSTER_ID (fixed default)
+#   KAFKA_METRICS_PORT (9404): the broker's Prometheus metrics, http://127.0.0.1:<port>/metrics,
+#     served by the JMX exporter agent with the rules in deploy/local/kafka/jmx-exporter.yaml
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,6 +32,9 @@ CONF_DIR="$ROOT/deploy/local/kafka"
 POM="$CONF_DIR/pom.xml"
 JARS_DIR="$CACHE_DIR/kafka/jars"
 STAMP="$JARS_DIR/.pom.sha256"
+# The agent lives in a subdirectory so that the `$JARS_DIR/*` classpath does not include it.
+AGENT_DIR="$JARS_DIR/agent"
+METRICS_RULES="$CONF_DIR/jmx-exporter.yaml"
 DATA_DIR="$RUN_DIR/kafka/data"
 PROPS="$RUN_DIR/kafka/server.properties"
 LOG_DIR="$RUN_DIR/logs"
@@ -39,6 +45,7 @@ PID_FILE="$RUN_DIR/kafka.pid"
 HOST=127.0.0.1
 PORT=9092
 BOOTSTRAP="localhost:$PORT"
+METRICS_PORT="${KAFKA_METRICS_PORT:-9404}"
 # 16 bytes "tagstream-local1", base64url: a valid, fixed KRaft cluster id (one node, local only).
 CLUSTER_ID="${KAFKA_CLUSTER_ID:-dGFnc3RyZWFtLWxvY2FsMQ}"
 START_TIMEOUT="${KAFKA_START_TIMEOUT:-90}"
@@ -52,8 +59,10 @@ pom_hash() { sha256sum "$POM" | cut -d' ' -f1; }
 
 jars_ok() {
   [[ -f "$STAMP" ]] && [[ "$(cat "$STAMP")" == "$(pom_hash)" ]] &&
-    compgen -G "$JARS_DIR/kafka_2.13-*.jar" >/dev/null
+    compgen -G "$JARS_DIR/kafka_2.13-*.jar" >/dev/null && [[ -n "$(agent_jar)" ]]
 }
+
+agent_jar() { compgen -G "$AGENT_DIR/jmx_prometheus_javaagent-*.jar" | head -n 1 || true; }
 
 cmd_fetch() {
   if jars_ok; then
@@ -74,6 +83,9 @@ cmd_fetch() {
     rm -rf "$tmp"
     die "mvn dependency:copy-dependencies failed (see $mvn_log)"
   fi
+  mkdir -p "$tmp/agent"
+  mv "$tmp"/jmx_prometheus_javaagent-*.jar "$tmp/agent/" ||
+    { rm -rf "$tmp"; die "the pom did not bring the JMX exporter agent"; }
   pom_hash >"$tmp/.pom.sha256"
   rm -rf "$JARS_DIR"
   mv "$tmp" "$JARS_DIR"
@@ -99,7 +111,7 @@ our_pid() {
   printf '%s\n' "$pid"
 }
 
-port_open() { (exec 3<>"/dev/tcp/$HOST/$PORT") 2>/dev/null; }
+port_open() { (exec 3<>"/dev/tcp/$HOST/${1:-$PORT}") 2>/dev/null; }
 
 # Does the broker answer Kafka requests (metadata with at least one broker)?
 HAVE_PY_CHECK=""
@@ -197,6 +209,9 @@ cmd_start() {
   if port_open; then
     die "port $PORT is already in use by a process this script did not start"
   fi
+  if port_open "$METRICS_PORT"; then
+    die "metrics port $METRICS_PORT is already in use (set KAFKA_METRICS_PORT)"
+  fi
 
   cmd_fetch
   render_props
@@ -204,7 +219,8 @@ cmd_start() {
 
   mkdir -p "$LOG_DIR"
   local -a cmd
-  mapfile -d '' cmd < <(java_cmd kafka.Kafka "$PROPS")
+  mapfile -d '' cmd < <(java_cmd "-javaagent:$(agent_jar)=$HOST:$METRICS_PORT:$METRICS_RULES" \
+    kafka.Kafka "$PROPS")
   log "starting broker (logs: ${LOG_FILE#"$ROOT"/})"
   local t0=$SECONDS
   # New session (setsid) + nohup: survives the calling shell / terminal; the inner shell
@@ -251,8 +267,10 @@ cmd_stop() {
 cmd_status() {
   local pid
   if pid="$(our_pid)"; then
+    local metrics="no metrics on $HOST:$METRICS_PORT"
+    port_open "$METRICS_PORT" && metrics="metrics http://$HOST:$METRICS_PORT/metrics"
     if port_open; then
-      echo "running (pid $pid, $BOOTSTRAP)"
+      echo "running (pid $pid, $BOOTSTRAP, $metrics)"
     else
       echo "running (pid $pid, not listening on $BOOTSTRAP yet)"
     fi

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The local stack, no Docker: Kafka, Triton, the demo image server and the four services.
+# The local stack, no Docker: Kafka, Triton, Prometheus, the demo image server and the four services.
 #
 # Usage: scripts/stack.sh {up|down|status|restart [service ...]}
 #   up       start whatever is not running yet, create the topics, return when all are ready
@@ -78,6 +78,7 @@ cmd_up() {
   scripts/kafka.sh start
   "$PYTHON" -m services.common.topics
   scripts/triton.sh start
+  scripts/prometheus.sh start
   "$PYTHON" -m tools.demo_data images "$DEMO_IMAGES_DIR"
   start_bg demo-images "$PYTHON" -m http.server "$DEMO_IMAGES_PORT" --bind 127.0.0.1 --directory "$DEMO_IMAGES_DIR"
   for service in "${SERVICES[@]}"; do
@@ -87,13 +88,14 @@ cmd_up() {
   for service in "${SERVICES[@]}"; do
     wait_healthy "$service" "http://127.0.0.1:${HEALTH_PORT[$service]}/healthz"
   done
-  log "up: Kafka localhost:9092, Triton localhost:8001, sink API http://localhost:8080/api/predictions"
+  log "up: Kafka localhost:9092, Triton localhost:8001, sink API http://localhost:8080/api/predictions, Prometheus http://localhost:9090"
 }
 
 cmd_down() {
   local service
   for service in "${SERVICES[@]}"; do stop_bg "$service"; done
   stop_bg demo-images
+  scripts/prometheus.sh stop
   scripts/triton.sh stop
   scripts/kafka.sh stop
 }
@@ -105,6 +107,7 @@ cmd_status() {
   done
   scripts/triton.sh status || rc=1
   scripts/kafka.sh status || rc=1
+  scripts/prometheus.sh status || rc=1
   return $rc
 }
 

@@ -3,7 +3,7 @@
 # Java 17, Maven and Python 3.11 are expected on the machine already (see README).
 set -euo pipefail
 
-PACKAGES=(curl postgresql chromium fonts-dejavu-core)
+PACKAGES=(curl prometheus postgresql chromium fonts-dejavu-core)
 
 missing=()
 for package in "${PACKAGES[@]}"; do
@@ -17,3 +17,7 @@ SUDO=""
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Debian's prometheus package starts its own service on :9090; the stack runs its own.
+if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null; then
+  $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi

@@ -61,6 +61,7 @@ def main() -> None:
         "  gallery           http://localhost:8080/\n"
         f"  predictions API   {SINK_API}\n"
         "  OpenAPI           http://localhost:8080/api/openapi.yaml\n"
+        "  Prometheus        http://localhost:9090 (dashboards: deploy/grafana/*.json)\n"
         "  metrics           http://localhost:9101/metrics (ingest) 9102 (fetcher) 9103 (classifier) 9104 (sink)\n"
         "  Triton            http://localhost:8000/v2/models/resnet50, metrics http://localhost:8002/metrics\n"
         "  dead letters      topic tweets.dlq (bad payloads, images that could not be fetched or decoded)\n"

@@ -95,6 +95,9 @@ class StreamLoop:
             exit_ratio=settings.shed_exit_ratio,
             min_dwell_s=settings.shed_min_dwell_s,
         )
+        # Series that exist from the start, so dashboards show a zero rather than nothing.
+        metrics.RECORDS_CONSUMED.labels(stage, settings.input_topic)
+        metrics.PROCESSING_SECONDS.labels(stage)
         metrics.SHED_LEVEL.labels(stage).set(0)
         metrics.SHED_MIN_PRIORITY.labels(stage).set(float("nan"))
 
