@@ -1,11 +1,20 @@
-"""Check and decode an untrusted image into the model's input: uint8 RGB, square, centre-cropped."""
+"""Check and decode an untrusted image into the model's input: uint8 RGB, square, centre-cropped.
+
+Order of work, cheapest refusal first: magic bytes decide the type; the header gives the
+dimensions, refused above the pixel limit before a single pixel is decoded (PNG and GIF bombs
+declare huge sizes in a few bytes; a GIF frame larger than its screen enlarges the size Pillow
+reports, so it is caught the same way); JPEGs are decoded at reduced scale (libjpeg DCT
+scaling through `draft()`); only the first frame of an animation is decoded. The centre square
+is cropped and resized before colour conversion and EXIF orientation: both commute with a
+centre-square crop, and on 224x224 pixels they cost almost nothing.
+"""
 
 from __future__ import annotations
 
 import io
 from dataclasses import dataclass
 
-from PIL import Image, ImageOps
+from PIL import Image
 
 PIXEL_FORMAT = "RGB8_HWC"
 
@@ -17,6 +26,22 @@ _SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
     (b"GIF89a", 0, "GIF"),
     (b"WEBP", 8, "WEBP"),
 )
+
+# Modes whose transparency is kept through the resize (Pillow premultiplies them) and then
+# composited on white.
+_ALPHA_MODES = {"RGBA", "LA", "RGBa", "La"}
+_SIXTEEN_BIT_GREY = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+
+_EXIF_ORIENTATION = 0x0112
+_ORIENT: dict[int, tuple[Image.Transpose, ...]] = {
+    2: (Image.Transpose.FLIP_LEFT_RIGHT,),
+    3: (Image.Transpose.ROTATE_180,),
+    4: (Image.Transpose.FLIP_TOP_BOTTOM,),
+    5: (Image.Transpose.TRANSPOSE,),
+    6: (Image.Transpose.ROTATE_270,),
+    7: (Image.Transpose.TRANSVERSE,),
+    8: (Image.Transpose.ROTATE_90,),
+}
 
 
 class ImageError(ValueError):
@@ -33,6 +58,8 @@ class ModelInput:
     source_height: int
     source_format: str
     size: int
+    #: how `pixels` holds the image (services/common/pixels.py); the decoder gives raw bytes
+    pixel_format: str = PIXEL_FORMAT
 
 
 def sniff_format(head: bytes) -> str | None:
@@ -49,17 +76,21 @@ def to_model_input(data: bytes, size: int, max_pixels: int) -> ModelInput:
         raise ImageError("unsupported_type", f"magic bytes {data[:8].hex()} are not JPEG, PNG, WebP or GIF")
     try:
         with Image.open(io.BytesIO(data), formats=[fmt]) as image:
-            width, height = image.size
-            if width * height > max_pixels:  # header only: nothing decoded yet
+            width, height = image.size  # from the header only: nothing decoded yet
+            if width * height > max_pixels:
                 raise ImageError("too_many_pixels", f"{width}x{height} exceeds {max_pixels} pixels")
+            if width < 1 or height < 1:
+                raise ImageError("corrupt_image", f"{width}x{height} has no pixels")
             if fmt == "JPEG":
-                # libjpeg DCT scaling: decode at the smallest 1/2^k scale still >= size.
+                # libjpeg DCT scaling: decode at the smallest 1/2^k scale whose short side is still >= size.
                 image.draft("RGB", (size, size))
             image.load()  # first frame of an animation; raises on truncated or corrupt data
-            oriented = ImageOps.exif_transpose(image)
-            rgb = _to_rgb(oriented)
-            square = ImageOps.fit(rgb, (size, size), method=Image.Resampling.BILINEAR)
-            return ModelInput(square.tobytes(), width, height, fmt, size)
+            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+            square = _centre_square(_resizable(image), size)
+            rgb = _to_rgb(square)
+            for step in _ORIENT.get(orientation, ()):
+                rgb = rgb.transpose(step)
+            return ModelInput(rgb.tobytes(), width, height, fmt, size)
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
@@ -68,13 +99,30 @@ def to_model_input(data: bytes, size: int, max_pixels: int) -> ModelInput:
         raise ImageError("corrupt_image", f"{type(exc).__name__}: {exc}") from exc
 
 
+def _resizable(image: Image.Image) -> Image.Image:
+    """A mode that bilinear resizing handles and that converts to RGB without losing meaning."""
+    mode = image.mode
+    if mode in ("RGB", "L") or mode in _ALPHA_MODES:
+        return image
+    if mode == "PA" or (mode == "P" and "transparency" in image.info):  # a palette cannot be interpolated
+        return image.convert("RGBA")
+    if mode in _SIXTEEN_BIT_GREY:  # 16-bit PNG grey: scale, a plain convert would clip at 255
+        return image.convert("I").point(lambda value: value * (1 / 256)).convert("L")
+    return image.convert("RGB")  # CMYK, 1, YCbCr, LAB, HSV, F
+
+
+def _centre_square(image: Image.Image, size: int) -> Image.Image:
+    width, height = image.size
+    side = min(width, height)
+    left, top = (width - side) / 2, (height - side) / 2
+    return image.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side))
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
-    """RGB from any mode; transparency is composited on white, as a viewer would show it."""
+    """RGB from L, RGB or an alpha mode; transparency is composited on white, as a viewer shows it."""
     if image.mode == "RGB":
         return image
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    if image.mode in _ALPHA_MODES:
         rgba = image.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))
         background.paste(rgba, mask=rgba.getchannel("A"))

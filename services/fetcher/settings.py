@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import StreamSettings
@@ -20,15 +21,40 @@ class FetcherSettings(StreamSettings):
     max_in_flight: int = 128
     #: lift the refusal of loopback, private and link-local targets; for the local stack only
     allow_private_networks: bool = False
-    max_connections: int = 256
-    max_connections_per_host: int = 32
-    connect_timeout_s: float = 5.0
-    total_timeout_s: float = 20.0
-    max_redirects: int = 3
-    max_bytes: int = 15 * 1024 * 1024
+    #: requests at once, in all and to one host (the wait for a slot is not part of the timeouts)
+    max_connections: int = Field(default=256, ge=1)
+    max_connections_per_host: int = Field(default=32, ge=1)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    #: longest silence while reading an answer
+    read_timeout_s: float = Field(default=10.0, gt=0)
+    #: one request, from connecting to the last byte of the body
+    total_timeout_s: float = Field(default=20.0, gt=0)
+    #: further tries after a timeout or a 5xx answer, and the backoff between them (full jitter)
+    max_retries: int = Field(default=2, ge=0)
+    retry_backoff_s: float = Field(default=0.25, ge=0)
+    retry_backoff_max_s: float = Field(default=4.0, ge=0)
+    max_redirects: int = Field(default=3, ge=0)
+    max_bytes: int = Field(default=15 * 1024 * 1024, ge=1)
+    #: bodies held in memory at once, all downloads together, from first byte until decoded
+    max_buffered_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    #: seconds a DNS answer is reused; 0 resolves every time
+    dns_cache_ttl_s: int = Field(default=60, ge=0)
+    #: how long a decoded image stays reusable for the same URL, and the cache's memory bound
+    cache_ttl_s: float = Field(default=600.0, ge=0)
+    cache_max_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    #: how long a final refusal (404, blocked, not an image, ...) is remembered for a URL
+    refusal_cache_ttl_s: float = Field(default=60.0, ge=0)
     #: refuse images with more pixels than this before decoding them (decompression bombs)
-    max_pixels: int = 50_000_000
+    max_pixels: int = Field(default=50_000_000, ge=1)
     #: side of the square model input
-    image_size: int = 224
-    decode_workers: int = Field(default_factory=lambda: os.cpu_count() or 1)
+    image_size: int = Field(default=224, ge=1)
+    #: pixels in `images`: a quality-90 JPEG (about 1/20 of the bytes; bench/README.md) or raw RGB
+    image_encoding: Literal["jpeg", "raw"] = "jpeg"
+    decode_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     user_agent: str = "tagstream-fetcher/0.1"
+
+    @model_validator(mode="after")
+    def _budget_fits_one_body(self) -> FetcherSettings:
+        if self.max_buffered_bytes < self.max_bytes:
+            raise ValueError("max_buffered_bytes must be at least max_bytes, or a large image could never be read")
+        return self

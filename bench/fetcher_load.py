@@ -1,0 +1,205 @@
+"""One fetcher process under one load, for the fetcher benchmark; prints its figures as JSON.
+
+    python -m bench.fetcher_load throughput --port P --delay-ms 50 --images 1500 [--pool thread|process]
+    python -m bench.fetcher_load memory --port P --slow 500 --oversized 40 --images 400
+
+Both drive the service's own code, `ImagePipeline.handle` over a `Fetcher` and a decode pool,
+with posts of one image each and at most `FETCHER_MAX_IN_FLIGHT` posts at once, as the stream
+loop would; only Kafka is left out. Settings are the defaults except where a load says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import resource
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from services.common.stream import Output
+from services.fetcher.fetch import Fetcher
+from services.fetcher.pipeline import ImagePipeline
+from services.fetcher.settings import FetcherSettings
+
+
+def post(n: int, url: str) -> dict[str, Any]:
+    return {
+        "tweet_id": str(1_800_000_000_000_000_000 + n),
+        "media": [{"media_key": f"3_{n}", "url": url}],
+        "post_url": f"https://x.com/bench/status/{n}",
+        "text": "bench",
+        "author_username": "bench",
+        "priority": 1,
+        "ingest_ts_ms": int(time.time() * 1000),
+    }
+
+
+@contextmanager
+def decode_pool(kind: str, workers: int) -> Iterator[Executor]:
+    if kind == "process":
+        context = multiprocessing.get_context("forkserver")
+        with ProcessPoolExecutor(workers, mp_context=context) as processes:
+            yield processes
+    else:
+        with ThreadPoolExecutor(workers, thread_name_prefix="decode") as threads:
+            yield threads
+
+
+async def run_posts(pipeline: ImagePipeline, posts: list[dict[str, Any]], in_flight: int) -> Counter[str]:
+    """Handle every post, at most `in_flight` at once; count the outcomes by reason."""
+    outcomes: Counter[str] = Counter()
+    window = asyncio.Semaphore(in_flight)
+
+    async def one(record: dict[str, Any]) -> None:
+        async with window:
+            for result in await pipeline.handle(record):
+                outcomes["ok" if isinstance(result, Output) else result.reason] += 1
+
+    await asyncio.gather(*(one(p) for p in posts))
+    return outcomes
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its live children (the decode workers of a process pool)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    ticks = sum(_cpu_ticks(child.pid) for child in multiprocessing.active_children() if child.pid)
+    return usage.ru_utime + usage.ru_stime + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _cpu_ticks(pid: int) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime, stime
+
+
+async def throughput(port: int, delay_ms: int, images: int, pool_kind: str, workers: int | None) -> dict[str, Any]:
+    settings = FetcherSettings(allow_private_networks=True)  # local mode: the image server is on loopback
+    if workers:
+        settings.decode_workers = workers
+    base = f"http://127.0.0.1:{port}/img/{delay_ms}"
+    with decode_pool(pool_kind, settings.decode_workers) as pool:
+        async with Fetcher(settings) as fetcher:
+            pipeline = ImagePipeline(settings, fetcher, pool)
+            warm_up = [post(n, f"{base}/{n}") for n in range(-4 * settings.decode_workers, 0)]
+            await run_posts(pipeline, warm_up, settings.max_in_flight)
+            posts = [post(n, f"{base}/{n}") for n in range(images)]
+            cpu_before, own_before = cpu_seconds(), own_cpu_seconds()
+            started = time.perf_counter()
+            outcomes = await run_posts(pipeline, posts, settings.max_in_flight)
+            elapsed = time.perf_counter() - started
+            cpu, own = cpu_seconds() - cpu_before, own_cpu_seconds() - own_before
+    return {
+        "images": images,
+        "seconds": round(elapsed, 3),
+        "images_per_s": round(outcomes["ok"] / elapsed, 1),
+        "outcomes": dict(outcomes),
+        "cpu_seconds_per_wall_second": round(cpu / elapsed, 2),
+        "cpu_ms_per_image": round(1000 * cpu / max(outcomes["ok"], 1), 2),
+        "event_loop_process_cpu_per_wall_second": round(own / elapsed, 2),
+        "decode_pool": f"{settings.decode_workers} {'processes' if pool_kind == 'process' else 'threads'}",
+        "max_in_flight_posts": settings.max_in_flight,
+        "max_connections_per_host": settings.max_connections_per_host,
+    }
+
+
+async def memory(port: int, slow: int, oversized: int, images: int) -> dict[str, Any]:
+    """Slow responses spread over 16 loopback hosts (31 or 32 each, under the per-host bound),
+    oversized bodies (half declared, half chunked) and ordinary photos, all at once."""
+    settings = FetcherSettings(
+        allow_private_networks=True,  # local mode: the image server is on loopback
+        max_connections=1024,  # room for all the slow responses at once; the default is 256
+        total_timeout_s=8.0,  # shorter than the default 20 s, so the run ends sooner
+        max_retries=0,  # one attempt, so each slow response is in flight exactly once
+    )
+    posts = [post(n, f"http://127.0.0.{1 + n % 16}:{port}/trickle/{n}") for n in range(slow)]
+    half = oversized // 2
+    posts += [post(slow + n, f"http://127.0.0.18:{port}/declared/{n}") for n in range(half)]
+    posts += [post(slow + half + n, f"http://127.0.0.19:{port}/chunked/{n}") for n in range(oversized - half)]
+    posts += [post(slow + oversized + n, f"http://127.0.0.17:{port}/img/0/{n}") for n in range(images)]
+    peak_sampled = 0
+    server_stats: dict[str, Any] = {}
+    with decode_pool("thread", settings.decode_workers) as pool:
+        async with Fetcher(settings) as fetcher:
+            pipeline = ImagePipeline(settings, fetcher, pool)
+            started = time.perf_counter()
+            work = asyncio.ensure_future(run_posts(pipeline, posts, len(posts)))
+            while not work.done():
+                peak_sampled = max(peak_sampled, _rss_bytes())
+                if time.perf_counter() - started > settings.total_timeout_s / 2 and not server_stats:
+                    server_stats = await _stats(port)  # all slow responses should be open now
+                await asyncio.wait([work], timeout=0.1)
+            outcomes = work.result()
+            elapsed = time.perf_counter() - started
+            buffered_at_end = fetcher.budget.used
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    return {
+        "peak_rss_mb": round(peak / 2**20, 1),
+        "peak_rss_sampled_mb": round(peak_sampled / 2**20, 1),
+        "slow_responses_open_at_server": server_stats.get("trickles_open"),
+        "outcomes": dict(outcomes),
+        "seconds": round(elapsed, 2),
+        "buffered_bytes_at_end": buffered_at_end,
+        "settings": {
+            "max_connections": settings.max_connections,
+            "max_connections_per_host": settings.max_connections_per_host,
+            "total_timeout_s": settings.total_timeout_s,
+            "max_bytes": settings.max_bytes,
+            "max_buffered_bytes": settings.max_buffered_bytes,
+            "cache_max_bytes": settings.cache_max_bytes,
+            "decode_workers": settings.decode_workers,
+        },
+    }
+
+
+def _rss_bytes() -> int:
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * resource.getpagesize()
+
+
+async def _stats(port: int) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/stats") as response:
+        stats: dict[str, Any] = await response.json()
+        return stats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.fetcher_load")
+    sub = parser.add_subparsers(dest="load", required=True)
+    fast = sub.add_parser("throughput")
+    fast.add_argument("--port", type=int, required=True)
+    fast.add_argument("--delay-ms", type=int, default=0)
+    fast.add_argument("--images", type=int, default=1500)
+    fast.add_argument("--pool", choices=["thread", "process"], default="thread")
+    fast.add_argument("--workers", type=int, default=None, help="decode workers (default: FETCHER_DECODE_WORKERS)")
+    mem = sub.add_parser("memory")
+    mem.add_argument("--port", type=int, required=True)
+    mem.add_argument("--slow", type=int, default=500)
+    mem.add_argument("--oversized", type=int, default=40)
+    mem.add_argument("--images", type=int, default=400)
+    args = parser.parse_args()
+    if args.load == "throughput":
+        result = asyncio.run(throughput(args.port, args.delay_ms, args.images, args.pool, args.workers))
+    else:
+        result = asyncio.run(memory(args.port, args.slow, args.oversized, args.images))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

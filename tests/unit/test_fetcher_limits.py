@@ -1,0 +1,141 @@
+"""The fetcher's own bounds: requests per host and in all, bytes of bodies in memory."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from services.fetcher.limits import ByteBudget, HostLimiter
+
+
+async def test_per_host_and_total_slots() -> None:
+    limiter = HostLimiter(per_host=2, total=3)
+    active: dict[str, int] = {"a": 0, "b": 0}
+    peak: dict[str, int] = {"a": 0, "b": 0, "all": 0}
+    gate = asyncio.Event()
+
+    async def request(host: str) -> None:
+        async with limiter.hold(host):
+            active[host] += 1
+            peak[host] = max(peak[host], active[host])
+            peak["all"] = max(peak["all"], sum(active.values()))
+            await gate.wait()
+            active[host] -= 1
+
+    tasks = [asyncio.create_task(request(h)) for h in "aaaabbbb"]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert active == {"a": 2, "b": 1}  # two of a's, then b's first takes the last of the three
+    gate.set()
+    await asyncio.gather(*tasks)
+    assert peak["a"] == 2
+    assert peak["b"] <= 2
+    assert peak["all"] == 3
+    assert len(limiter) == 0
+
+
+async def test_a_cancelled_wait_leaves_no_host_entry() -> None:
+    limiter = HostLimiter(per_host=1, total=10)
+    gate = asyncio.Event()
+
+    async def hold() -> None:
+        async with limiter.hold("a"):
+            await gate.wait()
+
+    holder = asyncio.create_task(hold())
+    waiter = asyncio.create_task(hold())
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    gate.set()
+    await holder
+    assert len(limiter) == 0
+
+
+async def test_a_chunk_that_does_not_fit_waits_for_room() -> None:
+    budget = ByteBudget(100)
+    first, second = budget.allowance(), budget.allowance()
+    await first.take(80)
+    waiting = asyncio.create_task(second.take(30))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    first.release()
+    await waiting
+    assert budget.used == 30
+    assert (first.held, second.held) == (0, 30)
+
+
+async def test_bodies_held_part_way_never_wait_on_each_other_forever() -> None:
+    """Three downloads of 60 bytes in 10-byte chunks through a budget of 100: without an
+    overdraft each would hold about a third and wait for the others forever."""
+    budget = ByteBudget(100)
+    peak = 0
+
+    async def download() -> None:
+        nonlocal peak
+        allowance = budget.allowance()
+        for _ in range(6):
+            await allowance.take(10)
+            peak = max(peak, budget.used)
+            await asyncio.sleep(0)
+        allowance.release()
+
+    async with asyncio.timeout(5):
+        await asyncio.gather(*(download() for _ in range(3)))
+    assert budget.used == 0
+    assert budget.waiters == 0
+    assert 100 < peak <= 100 + 60  # the limit, plus at most one body overdrawn
+
+
+async def test_one_download_at_a_time_overdraws_and_never_a_fresh_one() -> None:
+    budget = ByteBudget(100)
+    small, large, fresh = budget.allowance(), budget.allowance(), budget.allowance()
+    await small.take(30)
+    await large.take(60)
+    fresh_wait = asyncio.create_task(fresh.take(20))
+    await asyncio.sleep(0)
+    assert not fresh_wait.done()  # holds nothing yet: waits for room
+    await small.take(20)  # holds part of a body and nobody overdraws: it may
+    assert budget.used == 110
+    large_wait = asyncio.create_task(large.take(20))
+    await asyncio.sleep(0)
+    assert not large_wait.done()  # one overdraft at a time
+    small.release()
+    await asyncio.gather(fresh_wait, large_wait)  # both fit in what small gave back
+    assert budget.used == 100
+
+
+async def test_the_overdraft_goes_to_the_waiting_download_holding_most() -> None:
+    budget = ByteBudget(100)
+    a, b, c = budget.allowance(), budget.allowance(), budget.allowance()
+    await a.take(10)
+    await b.take(50)
+    await c.take(40)
+    await c.take(5)  # c overdraws
+    a_wait = asyncio.create_task(a.take(50))
+    b_wait = asyncio.create_task(b.take(50))
+    await asyncio.sleep(0)
+    c.release()  # neither fits in what is left: b, which holds more, overdraws
+    await b_wait
+    assert not a_wait.done()
+    b.release()
+    await a_wait
+    assert budget.used == 60
+
+
+async def test_a_cancelled_wait_leaves_the_queue() -> None:
+    budget = ByteBudget(100)
+    holder, other = budget.allowance(), budget.allowance()
+    await holder.take(100)
+    waiting = asyncio.create_task(other.take(10))
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert budget.waiters == 0
+    holder.release()
+    holder.release()  # twice is harmless
+    assert budget.used == 0
+    assert other.held == 0
