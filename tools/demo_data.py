@@ -85,7 +85,7 @@ def write_images(directory: Path) -> list[str]:
     return names
 
 
-def payloads(base_url: str, id_base: int = 1_700_000_000_000_000_000) -> Iterator[dict[str, Any]]:
+def payloads(base_url: str, id_base: int = 1_700_000_000_000_000_000, url_suffix: str = "") -> Iterator[dict[str, Any]]:
     """Filtered-stream payloads: posts with one or two images (some video previews), hostile
     images, and posts without media."""
     names = photo_names()
@@ -123,7 +123,7 @@ def payloads(base_url: str, id_base: int = 1_700_000_000_000_000_000) -> Iterato
         media = []
         for name in names[i : i + count]:
             key = f"3_{id_base + 1000 + i}"
-            url = f"{base_url}/{name}"
+            url = f"{base_url}/{name}{url_suffix}"
             if i % 7 == 3:
                 media.append(
                     {"media_key": key, "type": "video", "preview_image_url": url, "width": 1200, "height": 800}
@@ -141,10 +141,11 @@ def payloads(base_url: str, id_base: int = 1_700_000_000_000_000_000) -> Iterato
         )
 
 
-def write_stream(path: Path, base_url: str, id_base: int = 1_700_000_000_000_000_000) -> None:
+def write_stream(path: Path, base_url: str, id_base: int = 1_700_000_000_000_000_000, url_suffix: str = "") -> None:
+    """A replay file; `url_suffix` (a query string) makes its image URLs new to the fetcher's cache."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as f:
-        for payload in payloads(base_url, id_base):
+        for payload in payloads(base_url, id_base, url_suffix):
             f.write(json.dumps(payload) + "\r\n")
             f.write("\r\n")  # the stream's keep-alive
         f.write(cut_line(id_base) + "\r\n")

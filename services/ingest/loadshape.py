@@ -83,8 +83,8 @@ def shaped_payloads(
 ) -> Iterator[tuple[dict[str, Any], bool]]:
     """`count` posts cycled from `payloads`, each with a fresh id and a high or low rule.
 
-    Yields (payload, is_high). Media keys get the same suffix as the id, so every image
-    is a distinct image downstream too.
+    Yields (payload, is_high). Media keys get a suffix and image URLs a `copy=<id>` query
+    parameter, so every image is a distinct image downstream too, fetched and decoded anew.
     """
     posts = [p for p in payloads if isinstance(p.get("data"), dict)]
     if not posts:
@@ -100,6 +100,9 @@ def shaped_payloads(
             payload["data"]["attachments"]["media_keys"] = [renamed[k] for k in keys]
         for media in payload.get("includes", {}).get("media", []):
             media["media_key"] = renamed.get(media.get("media_key"), media.get("media_key"))
+            for name in ("url", "preview_image_url"):  # a new image to the fetcher, not a repost
+                if isinstance(media.get(name), str):
+                    media[name] += ("&" if "?" in media[name] else "?") + f"copy={tweet_id}"
         high = rng.random() < high_share
         payload["matching_rules"] = [dict(HIGH_RULE if high else LOW_RULE)]
         yield payload, high

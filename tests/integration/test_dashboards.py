@@ -114,7 +114,7 @@ def exported_metric_names() -> set[str]:
 def test_every_panel_query_returns_data_during_a_replay(prometheus: str, tmp_path: Path) -> None:
     id_base = time.time_ns() // 1000 * 1000
     stream = tmp_path / "stream.jsonl"
-    demo_data.write_stream(stream, IMAGE_SERVER, id_base)
+    demo_data.write_stream(stream, IMAGE_SERVER, id_base, url_suffix=f"?run={id_base}")  # new to the fetch cache
     payloads = [json.loads(line) for line in stream.read_text().splitlines() if line.strip().endswith("}")]
     with_media = [p for p in payloads if p["includes"].get("media")]
     urls = [m.get("url") or m.get("preview_image_url") for p in with_media for m in p["includes"]["media"]]

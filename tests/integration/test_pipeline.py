@@ -80,7 +80,7 @@ def dead_letters(topic: str, match: set[str], expected: int, timeout_s: float = 
 def test_replayed_stream_reaches_the_sink_and_broken_input_the_dlq(stack: None, tmp_path: Path) -> None:
     id_base = time.time_ns() // 1000 * 1000  # unique per run: the sink may hold earlier runs
     stream = tmp_path / "stream.jsonl"
-    demo_data.write_stream(stream, IMAGE_SERVER, id_base)
+    demo_data.write_stream(stream, IMAGE_SERVER, id_base, url_suffix=f"?run={id_base}")  # new to the fetch cache
     payloads = [json.loads(line) for line in stream.read_text().splitlines() if line.strip().endswith("}")]
     with_media = [p for p in payloads if p["includes"].get("media")]
     good = {

@@ -39,6 +39,9 @@ def test_posts_are_cycled_with_fresh_ids_and_media_keys() -> None:
     keys = [p["includes"]["media"][0]["media_key"] for p, _ in out]
     assert len(set(keys)) == 5
     assert all(p["data"]["attachments"]["media_keys"] == [p["includes"]["media"][0]["media_key"]] for p, _ in out)
+    urls = [p["includes"]["media"][0]["url"] for p, _ in out]
+    assert urls[0] == "http://x/a.jpg?copy=100"
+    assert len(set(urls)) == 5
 
 
 def test_the_priority_mix_follows_the_share() -> None:
