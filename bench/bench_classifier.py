@@ -21,6 +21,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -103,6 +104,14 @@ def produce_images(topic: str, images: list[bytes], n: int, encoding: pixels.Enc
 
 def classifier_rate(model: str, images: list[bytes], n: int, batch: int, in_flight: int, encoding: str) -> float:
     """Images/s of the classifier process over `n` pre-produced records."""
+    return classifier_run(model, images, n, batch, in_flight, encoding)[0]
+
+
+def classifier_run(
+    model: str, images: list[bytes], n: int, batch: int, in_flight: int, encoding: str
+) -> tuple[float, float]:
+    """(images/s, CPU ms per image) of the classifier process over `n` pre-produced records,
+    both taken between its first and its last prediction."""
     suffix = uuid.uuid4().hex[:8]
     source, sink = f"bench-images-{suffix}", f"bench-predictions-{suffix}"
     ensure_topics(KafkaSettings(), [TopicSpec(source, 3), TopicSpec(sink, 3)])
@@ -118,31 +127,41 @@ def classifier_rate(model: str, images: list[bytes], n: int, batch: int, in_flig
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen([sys.executable, "-m", "services.classifier"], cwd=ROOT, env=env, stderr=log)
         try:
-            stamps = _classify_stamps(sink, n, timeout_s=60 + n / 5)
+            stamps, cpu_s = _classify_stamps(sink, n, timeout_s=60 + n / 5, pid=process.pid)
         finally:
             process.terminate()
             process.wait(30)
     if len(stamps) < n:
         raise RuntimeError(f"only {len(stamps)} of {n} predictions arrived")
     stamps.sort()
-    return (n - 1) / ((stamps[-1] - stamps[0]) / 1000)
+    return (n - 1) / ((stamps[-1] - stamps[0]) / 1000), 1000 * cpu_s / n
 
 
-def _classify_stamps(topic: str, n: int, timeout_s: float) -> list[int]:
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _classify_stamps(topic: str, n: int, timeout_s: float, pid: int) -> tuple[list[int], float]:
+    """The predictions' classify timestamps, and the classifier's CPU seconds from the first to the last."""
     consumer = Consumer(
         {"bootstrap.servers": "localhost:9092", "group.id": f"bench-{uuid.uuid4()}", "auto.offset.reset": "earliest"}
     )
     consumer.subscribe([topic])
     stamps: list[int] = []
     deadline = time.monotonic() + timeout_s
+    cpu_at_first = 0.0
     try:
         while len(stamps) < n and time.monotonic() < deadline:
             for message in consumer.consume(500, 0.5):
                 if not message.error():
+                    if not stamps:
+                        cpu_at_first = _cpu_seconds(pid)
                     stamps.append(PREDICTIONS.decode(message.value())["classify_ts_ms"])
+        cpu = _cpu_seconds(pid) - cpu_at_first
     finally:
         consumer.close()
-    return stamps
+    return stamps, cpu
 
 
 def _free_port() -> int:
@@ -171,18 +190,21 @@ def run() -> list[Figure]:
         results: dict[str, Any] = {}
         for model, n, batch, in_flight in (("resnet50", 160, 8, 2), ("noop", 3000, 16, 4)):
             # Alternated, twice, medians kept: both sides see the same drift of a shared machine.
-            alone_runs, pipeline_runs = [], []
+            alone_runs, pipeline_runs, cpu_runs = [], [], []
             for _ in range(ROUNDS):
                 alone_runs.append(asyncio.run(triton_alone(model, images, n, batch, in_flight)))
-                pipeline_runs.append(classifier_rate(model, images, n, batch, in_flight, "raw"))
+                rate, cpu_ms = classifier_run(model, images, n, batch, in_flight, "raw")
+                pipeline_runs.append(rate)
+                cpu_runs.append(cpu_ms)
             alone, pipeline = statistics.median(alone_runs), statistics.median(pipeline_runs)
             results[model] = {
                 "alone": alone, "pipeline": pipeline, "n": n, "batch": batch, "in_flight": in_flight,
                 "alone_runs": alone_runs, "pipeline_runs": pipeline_runs,
+                "cpu_ms_per_image": statistics.median(cpu_runs),
             }  # fmt: skip
             print(f"{model}: Triton alone {alone_runs}/s, classifier {pipeline_runs}/s", flush=True)
         noop = results["noop"]
-        jpeg_rate = classifier_rate("noop", images, noop["n"], noop["batch"], noop["in_flight"], "jpeg")
+        jpeg_rate, jpeg_cpu_ms = classifier_run("noop", images, noop["n"], noop["batch"], noop["in_flight"], "jpeg")
         print(f"noop with JPEG pixels: classifier {jpeg_rate:.1f}/s", flush=True)
     raw_bytes = len(images[0])
     jpeg_bytes = statistics.mean(len(pixels.encode(p, 224, "jpeg")[1]) for p in images)
@@ -203,8 +225,21 @@ def run() -> list[Figure]:
             {"classifier_images_per_s": noop["pipeline"], "triton_alone_images_per_s": noop["alone"], **noop},
         ),
         Figure("classifier_noop_images_per_s", noop["pipeline"], "images/s", "", {"pixels": "raw"}),
+        Figure(
+            "classifier_cpu_ms_per_image",
+            noop["cpu_ms_per_image"],
+            "ms",
+            "",
+            {"model": "noop", "pixels": "raw", "what": "classifier process CPU, first to last prediction"},
+        ),
         Figure("classifier_resnet50_images_per_s", resnet["pipeline"], "images/s", "", {"model": "stand-in weights"}),
-        Figure("classifier_noop_jpeg_images_per_s", jpeg_rate, "images/s", "", {"pixels": "JPEG q90"}),
+        Figure(
+            "classifier_noop_jpeg_images_per_s",
+            jpeg_rate,
+            "images/s",
+            "",
+            {"pixels": "JPEG q90", "cpu_ms_per_image": jpeg_cpu_ms},
+        ),
         Figure("images_pixels_bytes_raw", raw_bytes, "bytes", "", {"size": "224x224x3"}),
         Figure(
             "images_pixels_bytes_jpeg",
