@@ -263,6 +263,7 @@ def run() -> list[Figure]:
     on, off, throttle = results["on"], results["off"], results["throttle"]
     context = {
         "capacity_images_per_s": capacity,
+        **measured,
         "burst": f"{BURST_FACTOR}x for {BURST_S:.0f} s",
         "high_share": HIGH_SHARE,
     }
