@@ -36,7 +36,7 @@ from services.fetcher.imaging import to_model_input
 from tools import demo_data
 
 from .figures import Figure
-from .stack import ROOT, running
+from .stack import ROOT, free_port, running
 
 TRITON = "localhost:8001"
 ROUNDS = 2
@@ -116,7 +116,7 @@ def classifier_run(
     source, sink = f"bench-images-{suffix}", f"bench-predictions-{suffix}"
     ensure_topics(KafkaSettings(), [TopicSpec(source, 3), TopicSpec(sink, 3)])
     produce_images(source, images, n, encoding)  # type: ignore[arg-type]
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "CLASSIFIER_INPUT_TOPIC": source, "CLASSIFIER_OUTPUT_TOPIC": sink, "CLASSIFIER_GROUP_ID": f"bench-{suffix}",
@@ -162,15 +162,6 @@ def _classify_stamps(topic: str, n: int, timeout_s: float, pid: int) -> tuple[li
     finally:
         consumer.close()
     return stamps, cpu
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def jpeg_decode_ms(images: list[bytes]) -> float:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from typing import Any
 import requests
 
 from bench.figures import Figure
+from bench.stack import free_port
 from services.fetcher.imaging import to_model_input
 from services.fetcher.settings import FetcherSettings
 from tools.demo_data import photo
@@ -189,7 +189,7 @@ def fetcher_load(*args: str) -> dict[str, Any]:
 
 @contextmanager
 def image_server(directory: Path) -> Iterator[int]:
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "bench.fetcher_server", "--dir", str(directory), "--port", str(port),
          "--addresses", str(LOOPBACK_ADDRESSES)],
@@ -203,10 +203,3 @@ def image_server(directory: Path) -> Iterator[int]:
     finally:
         server.terminate()
         server.wait(timeout=10)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port

@@ -37,7 +37,7 @@ from services.ingest.loadshape import HIGH_RULE
 from tools import demo_data
 
 from .figures import Figure
-from .stack import ROOT, running
+from .stack import ROOT, free_port, running
 
 STEADY_S, BURST_S, TAIL_S = 10.0, 60.0, 30.0
 BURST_FACTOR, HIGH_SHARE = 3.0, 0.2
@@ -70,7 +70,7 @@ class Pipeline:
         levels = json.dumps([{"min_priority": 2, "lag_records": 10_000, "lag_seconds": lag_seconds}])
         self.lag_seconds = lag_seconds
         common = {"LOG_LEVEL": "WARNING"}
-        self.ports = {"fetcher": _free_port(), "classifier": _free_port()}
+        self.ports = {"fetcher": free_port(), "classifier": free_port()}
         self.envs = {
             "fetcher": {
                 **common,
@@ -394,12 +394,3 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(30)
     except subprocess.TimeoutExpired:
         process.kill()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,3 +23,11 @@ def running(*scripts: str) -> Iterator[None]:
     finally:
         for script in reversed(started):
             subprocess.run([script, "stop"], cwd=ROOT, check=False)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now, for a process the benchmark starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port

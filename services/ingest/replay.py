@@ -45,14 +45,7 @@ async def replay_lines(
     priorities: Mapping[str, int] | None = None,
 ) -> ReplaySummary:
     """Produce every line; a failed delivery raises, so a replay never reports records it lost."""
-    payloads = PayloadProducer(
-        producer,
-        output_topic=settings.output_topic,
-        dlq_topic=settings.dlq_topic,
-        priorities=settings.rule_priorities if priorities is None else priorities,
-        default_priority=settings.default_priority,
-        source="replay",
-    )
+    payloads = _replay_producer(settings, producer, priorities)
     pacer = Pacer(rate)
     pending: list[asyncio.Future[Message]] = []
     for line in lines:
@@ -82,14 +75,7 @@ async def replay_shaped(
 
     With `throttle`, posts over its budget are never read, as the seed project's sender did.
     """
-    sender = PayloadProducer(
-        producer,
-        output_topic=settings.output_topic,
-        dlq_topic=settings.dlq_topic,
-        priorities=settings.rule_priorities if priorities is None else priorities,
-        default_priority=settings.default_priority,
-        source="replay",
-    )
+    sender = _replay_producer(settings, producer, priorities)
     times = list(shape.send_times())
     base = id_base if id_base is not None else time.time_ns() // 1000 * 1000
     started = time.monotonic()
@@ -122,6 +108,19 @@ def read_payloads(path: Path) -> list[dict[str, Any]]:
         if payload is not None:
             payloads.append(payload)
     return payloads
+
+
+def _replay_producer(
+    settings: IngestSettings, producer: AsyncProducer, priorities: Mapping[str, int] | None
+) -> PayloadProducer:
+    return PayloadProducer(
+        producer,
+        output_topic=settings.output_topic,
+        dlq_topic=settings.dlq_topic,
+        priorities=settings.rule_priorities if priorities is None else priorities,
+        default_priority=settings.default_priority,
+        source="replay",
+    )
 
 
 async def _settle(pending: list[asyncio.Future[Message]]) -> None:

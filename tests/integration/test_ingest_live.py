@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 import time
 import urllib.request
@@ -34,6 +33,7 @@ from services.ingest.backfill import search_queries
 from tests.fakes.x_api import KEEP_ALIVE, OPERATIONAL_DISCONNECT, Connection, FakeXApi, post, search_page
 
 from .conftest import ROOT
+from .processes import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -60,13 +60,6 @@ def topics(kafka: None) -> Iterator[dict[str, str]]:
     admin = AdminClient(KafkaSettings().client_config())
     for future in admin.delete_topics(list(names.values()), operation_timeout=30).values():
         future.result()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def service_env(x_api: FakeXApi, **extra: str) -> dict[str, str]:
