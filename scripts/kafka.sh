@@ -54,6 +54,8 @@ HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms256m -Xmx512m}"
 
 log() { printf 'kafka.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+# shellcheck source=lib/daemon.sh
+source "$ROOT/scripts/lib/daemon.sh"
 
 pom_hash() { sha256sum "$POM" | cut -d' ' -f1; }
 
@@ -92,24 +94,7 @@ cmd_fetch() {
   log "fetched $(find "$JARS_DIR" -name '*.jar' | wc -l) jars"
 }
 
-# Process exists and is not a zombie (the detached JVM is reparented; a zombie still
-# passes `kill -0` until something reaps it).
-alive() {
-  local state
-  state="$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null || true)"
-  [[ -n "$state" && "$state" != Z && "$state" != X ]]
-}
-
-# PID of the broker we started, if it is alive (and really is a Kafka JVM); else nothing.
-our_pid() {
-  [[ -f "$PID_FILE" ]] || return 1
-  local pid
-  pid="$(cat "$PID_FILE" 2>/dev/null || true)"
-  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  alive "$pid" || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'kafka\.Kafka' || return 1
-  printf '%s\n' "$pid"
-}
+our_pid() { pid_if_ours 'kafka\.Kafka'; }
 
 port_open() { (exec 3<>"/dev/tcp/$HOST/${1:-$PORT}") 2>/dev/null; }
 
@@ -223,45 +208,15 @@ cmd_start() {
     kafka.Kafka "$PROPS")
   log "starting broker (logs: ${LOG_FILE#"$ROOT"/})"
   local t0=$SECONDS
-  # New session (setsid) + nohup: survives the calling shell / terminal; the inner shell
-  # writes its own PID (which `exec` hands to the JVM) so the pid file is exact.
   : >"$OUT_FILE"
   LOG_MARK="$( (wc -l <"$LOG_FILE") 2>/dev/null || echo 0)"
-  setsid nohup bash -c 'echo $$ >"$1"; shift; exec "$@"' kafka-launch "$PID_FILE" "${cmd[@]}" \
-    </dev/null >>"$OUT_FILE" 2>&1 &
-  local i
-  for i in $(seq 50); do
-    [[ -s "$PID_FILE" ]] && break
-    sleep 0.1
-  done
-  pid="$(cat "$PID_FILE" 2>/dev/null || true)"
-  [[ "$pid" =~ ^[0-9]+$ ]] || fail_start "could not launch the broker"
+  pid="$(daemon_launch kafka "$OUT_FILE" "${cmd[@]}")" || fail_start "could not launch the broker"
   wait_ready "$pid"
   log "running (pid $pid) on $BOOTSTRAP, ready after $((SECONDS - t0))s"
 }
 
 cmd_stop() {
-  local pid
-  if ! pid="$(our_pid)"; then
-    rm -f "$PID_FILE"
-    log "not running"
-    return 0
-  fi
-  log "stopping broker (pid $pid)"
-  kill -TERM "$pid" 2>/dev/null || true
-  local deadline=$((SECONDS + STOP_TIMEOUT))
-  while alive "$pid" && ((SECONDS < deadline)); do
-    sleep 0.5
-  done
-  if alive "$pid"; then
-    log "still alive after ${STOP_TIMEOUT}s; sending SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-    deadline=$((SECONDS + 10))
-    while alive "$pid" && ((SECONDS < deadline)); do sleep 0.2; done
-    alive "$pid" && die "pid $pid survived SIGKILL"
-  fi
-  rm -f "$PID_FILE"
-  log "stopped"
+  daemon_stop broker
 }
 
 cmd_status() {

@@ -40,6 +40,8 @@ STOP_TIMEOUT="${PROMETHEUS_STOP_TIMEOUT:-30}"
 
 log() { printf 'prometheus.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+# shellcheck source=lib/daemon.sh
+source "$ROOT/scripts/lib/daemon.sh"
 
 find_bin() {
   local bin="${PROMETHEUS_BIN:-$(command -v prometheus || true)}"
@@ -48,23 +50,7 @@ find_bin() {
   printf '%s\n' "$bin"
 }
 
-# Process exists and is not a zombie.
-alive() {
-  local state
-  state="$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null || true)"
-  [[ -n "$state" && "$state" != Z && "$state" != X ]]
-}
-
-# PID of the Prometheus we started (alive, and serving our data dir); else nothing.
-our_pid() {
-  [[ -f "$PID_FILE" ]] || return 1
-  local pid
-  pid="$(cat "$PID_FILE" 2>/dev/null || true)"
-  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  alive "$pid" || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "--storage.tsdb.path=$DATA_DIR " || return 1
-  printf '%s\n' "$pid"
-}
+our_pid() { pid_if_ours -F -- "--storage.tsdb.path=$DATA_DIR "; }
 
 port_open() { (exec 3<>"/dev/tcp/$HOST/$PORT") 2>/dev/null; }
 
@@ -134,45 +120,15 @@ cmd_start() {
   LOG_MARK="$( (wc -l <"$LOG_FILE") 2>/dev/null || echo 0)"
   log "starting prometheus (config: ${CONFIG#"$ROOT"/}, logs: ${LOG_FILE#"$ROOT"/})"
   local t0=$SECONDS
-  # Own session, detached from the calling shell; the inner shell writes its PID, which
-  # `exec` hands to Prometheus, so the pid file is exact.
-  # shellcheck disable=SC2016  # $$ and $@ belong to the inner shell
-  setsid nohup bash -c 'echo $$ >"$1"; shift; exec "$@"' prometheus-launch "$PID_FILE" \
-    "$bin" "--config.file=$RUN_CONFIG" "--storage.tsdb.path=$DATA_DIR" \
-    "--storage.tsdb.retention.time=$RETENTION" "--web.listen-address=$HOST:$PORT" \
-    </dev/null >>"$LOG_FILE" 2>&1 &
-  for _ in $(seq 50); do
-    [[ -s "$PID_FILE" ]] && break
-    sleep 0.1
-  done
-  pid="$(cat "$PID_FILE" 2>/dev/null || true)"
-  [[ "$pid" =~ ^[0-9]+$ ]] || fail_start "could not launch prometheus"
+  pid="$(daemon_launch prometheus "$LOG_FILE" "$bin" "--config.file=$RUN_CONFIG" "--storage.tsdb.path=$DATA_DIR" \
+    "--storage.tsdb.retention.time=$RETENTION" "--web.listen-address=$HOST:$PORT")" ||
+    fail_start "could not launch prometheus"
   wait_ready "$pid"
   log "running (pid $pid) on $URL, ready after $((SECONDS - t0))s"
 }
 
 cmd_stop() {
-  local pid
-  if ! pid="$(our_pid)"; then
-    rm -f "$PID_FILE"
-    log "not running"
-    return 0
-  fi
-  log "stopping prometheus (pid $pid)"
-  kill -TERM "$pid" 2>/dev/null || true
-  local deadline=$((SECONDS + STOP_TIMEOUT))
-  while alive "$pid" && ((SECONDS < deadline)); do
-    sleep 0.2
-  done
-  if alive "$pid"; then
-    log "still alive after ${STOP_TIMEOUT}s; sending SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-    deadline=$((SECONDS + 10))
-    while alive "$pid" && ((SECONDS < deadline)); do sleep 0.2; done
-    alive "$pid" && die "pid $pid survived SIGKILL"
-  fi
-  rm -f "$PID_FILE"
-  log "stopped"
+  daemon_stop prometheus
 }
 
 cmd_status() {
