@@ -12,6 +12,18 @@ from pathlib import Path
 from typing import Any
 
 SINK_API = "http://localhost:8080/api/predictions"
+MODEL_INFO = Path(__file__).resolve().parents[1] / "model_repository" / "gpu" / "resnet50" / "1" / "model.json"
+
+
+def model_notice() -> str | None:
+    """A warning when the served model has stand-in weights (see model_repository/README.md)."""
+    info = json.loads(MODEL_INFO.read_text()) if MODEL_INFO.exists() else {}
+    if info.get("meaningful"):
+        return None
+    return (
+        "NOTE: the model has stand-in weights, so these hashtags mean nothing; "
+        "`make model FORCE=1` where torchvision can download its weights (model_repository/README.md)."
+    )
 
 
 def expected_images(path: Path) -> set[tuple[str, str]]:
@@ -56,6 +68,9 @@ def main() -> None:
                 print(f"  {item['tweet_id']} {item['media_key']}: {tags}  ({item['end_to_end_ms']} ms end to end)")
         time.sleep(1)
     print(f"\n{len(seen)} of {len(wanted)} images classified.")
+    notice = model_notice()
+    if notice:
+        print(notice)
     print(
         "Where to look:\n"
         "  gallery           http://localhost:8080/\n"
