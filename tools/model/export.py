@@ -78,11 +78,27 @@ def export(source: str, out: Path, checkpoint: Path | None, classes: list[str]) 
 
 def export_standin(hashtags: tuple[str, ...], out: Path) -> dict[str, Any]:
     print(NOTICE, file=sys.stderr)
-    model = standin.build_model(hashtags)
+    model = standin.build_model(hashtags, calibration=calibration_images())
     onnx.checker.check_model(model, full_check=True)
     write_atomically(model, out)
     check_onnx(out, len(hashtags))
     return {"source": "standin", "seed": standin.SEED, "meaningful": False}
+
+
+def drawn_photos(count: int, first: int) -> npt.NDArray[np.uint8]:
+    """Drawn photos (tools/demo_data.py) cropped to the model input as the fetcher does."""
+    from PIL import ImageOps
+
+    from tools import demo_data
+
+    return np.stack(
+        [np.asarray(ImageOps.fit(demo_data.photo(first + i), (224, 224)), dtype=np.uint8) for i in range(count)]
+    )
+
+
+def calibration_images(count: int = 16) -> npt.NDArray[np.uint8]:
+    """Photos, not the demo's own, that set the stand-in head's feature statistics."""
+    return drawn_photos(count, first=1000)
 
 
 def load_imagenet() -> tuple[Any, list[str]]:
@@ -173,7 +189,7 @@ def check_onnx(path: Path, classes: int, images: npt.NDArray[np.uint8] | None = 
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    batch = sample_images(2) if images is None else images
+    batch = drawn_photos(2, first=2000) if images is None else images
     (scores,) = session.run(["scores"], {"image": batch})
     if scores.shape != (len(batch), classes) or not np.isfinite(scores).all():
         raise SystemExit(f"bad output from {path}: shape {scores.shape}")

@@ -32,6 +32,8 @@ STAGES = ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2))
 EXPANSION = 4
 # Scale of the last conv of every residual branch, so the residual sums stay tame.
 BRANCH_OUT_SCALE = 0.2
+# Spread of the head's logits on standardised features: some images pass a 0.4 threshold.
+HEAD_SCALE = 1.5
 
 NOTICE = """\
 ************************************************************************
@@ -127,20 +129,56 @@ def body(g: GraphBuilder, x: str) -> tuple[str, int]:
     return x, c_in
 
 
-def head(g: GraphBuilder, x: str, c_in: int, n: int, scores: str) -> None:
-    """Global average pool, fully connected layer to `n` classes, softmax into `scores`."""
-    x = g.op("Flatten", [g.op("GlobalAveragePool", [x], "gap")], "flatten", axis=1)
-    w = (g.rng.standard_normal((c_in, n)) * np.sqrt(1.0 / c_in)).astype(np.float32)
-    b = np.zeros(n, dtype=np.float32)
-    logits = g.op("Gemm", [x, g.const("fc_w", w), g.const("fc_b", b)], "fc")
+def head(
+    g: GraphBuilder,
+    features: str,
+    c_in: int,
+    n: int,
+    scores: str,
+    mean: npt.NDArray[np.float32],
+    std: npt.NDArray[np.float32],
+) -> None:
+    """Fully connected layer to `n` classes on standardised features, softmax into `scores`.
+
+    Random weights on raw pooled features give every image the same top class (the features
+    share a large common part); standardising them with statistics of a few calibration
+    images, folded into the layer's weights and bias, lets different images score differently.
+    """
+    w = (g.rng.standard_normal((c_in, n)) * np.sqrt(1.0 / c_in) * HEAD_SCALE).astype(np.float32)
+    folded_w = (w / std[:, None]).astype(np.float32)
+    folded_b = (-(mean / std) @ w).astype(np.float32)
+    logits = g.op("Gemm", [features, g.const("fc_w", folded_w), g.const("fc_b", folded_b)], "fc")
     g.nodes.append(helper.make_node("Softmax", [logits], [scores], name="sm", axis=1))
 
 
-def build_model(classes: tuple[str, ...], seed: int = SEED) -> onnx.ModelProto:
+def feature_stats(
+    g: GraphBuilder, features: str, channels: int, calibration: npt.NDArray[np.uint8]
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Mean and standard deviation of the pooled features over the calibration images."""
+    import onnxruntime as ort
+
+    image = helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", IMAGE_SIZE, IMAGE_SIZE, 3])
+    out = helper.make_tensor_value_info(features, TensorProto.FLOAT, ["N", channels])
+    graph = helper.make_graph(list(g.nodes), "features", [image], [out], initializer=list(g.initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (values,) = session.run([features], {"image": calibration})
+    return values.mean(axis=0).astype(np.float32), (values.std(axis=0) + 1e-6).astype(np.float32)
+
+
+def build_model(
+    classes: tuple[str, ...], seed: int = SEED, calibration: npt.NDArray[np.uint8] | None = None
+) -> onnx.ModelProto:
     """The whole graph: image (uint8 [N,224,224,3]) -> scores (float32 [N, len(classes)])."""
     g = GraphBuilder(seed)
     x, channels = body(g, stem(g, preprocess(g, "image")))
-    head(g, x, channels, len(classes), "scores")
+    features = g.op("Flatten", [g.op("GlobalAveragePool", [x], "gap")], "flatten", axis=1)
+    if calibration is None:
+        mean, std = np.zeros(channels, np.float32), np.ones(channels, np.float32)
+    else:
+        mean, std = feature_stats(g, features, channels, calibration)
+    head(g, features, channels, len(classes), "scores", mean, std)
     image = helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", IMAGE_SIZE, IMAGE_SIZE, 3])
     scores = helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", len(classes)])
     graph = helper.make_graph(g.nodes, "resnet50_standin", [image], [scores], initializer=g.initializers)
