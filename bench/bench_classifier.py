@@ -19,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -102,11 +101,6 @@ def produce_images(topic: str, images: list[bytes], n: int, encoding: pixels.Enc
     return int(statistics.mean(len(data) for _, data in encoded))
 
 
-def classifier_rate(model: str, images: list[bytes], n: int, batch: int, in_flight: int, encoding: str) -> float:
-    """Images/s of the classifier process over `n` pre-produced records."""
-    return classifier_run(model, images, n, batch, in_flight, encoding)[0]
-
-
 def classifier_run(
     model: str, images: list[bytes], n: int, batch: int, in_flight: int, encoding: str
 ) -> tuple[float, float]:
@@ -177,7 +171,6 @@ def jpeg_decode_ms(images: list[bytes]) -> float:
 def run() -> list[Figure]:
     images = sample_pixels(16)
     with running("scripts/kafka.sh", "scripts/triton.sh"):
-        _wait_model("resnet50")
         results: dict[str, Any] = {}
         for model, n, batch, in_flight in (("resnet50", 160, 8, 2), ("noop", 3000, 16, 4)):
             # Alternated, twice, medians kept: both sides see the same drift of a shared machine.
@@ -241,17 +234,6 @@ def run() -> list[Figure]:
         ),
         Figure("images_jpeg_decode_ms", jpeg_decode_ms(images), "ms/image", "", {"cores": 1}),
     ]
-
-
-def _wait_model(model: str, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://localhost:8000/v2/models/{model}/ready", timeout=2):
-                return
-        except OSError:
-            time.sleep(1)
-    raise RuntimeError(f"model {model} not ready")
 
 
 if __name__ == "__main__":

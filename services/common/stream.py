@@ -172,10 +172,7 @@ class StreamLoop:
         for (topic, partition), lag in self._lag.items():
             metrics.CONSUMER_LAG.labels(self.stage, topic, str(partition)).set(lag.records)
             metrics.CONSUMER_LAG_SECONDS.labels(self.stage, topic, str(partition)).set(lag.seconds)
-        total = Lag(
-            sum(lag.records for lag in self._lag.values()),
-            max((lag.seconds for lag in self._lag.values()), default=0.0),
-        )
+        total = self._total_lag()
         before = self.shedding.level
         floor = self.shedding.update(total, time.monotonic())
         if self.shedding.level != before:
@@ -192,6 +189,13 @@ class StreamLoop:
             )
             metrics.SHED_LEVEL.labels(self.stage).set(self.shedding.level)
             metrics.SHED_MIN_PRIORITY.labels(self.stage).set(float("nan") if floor is None else floor)
+
+    def _total_lag(self) -> Lag:
+        """The stage's lag: records behind over all its partitions, seconds behind at the worst one."""
+        return Lag(
+            sum(lag.records for lag in self._lag.values()),
+            max((lag.seconds for lag in self._lag.values()), default=0.0),
+        )
 
     async def _store_positions(self, consumer: AIOConsumer) -> None:
         """Hand librdkafka the positions that moved since last time, in one call."""
@@ -294,7 +298,7 @@ class StreamLoop:
         metrics.SHED.labels(self.stage, str(priority)).inc()
         if not self.settings.shed_audit:
             return
-        lag = Lag(sum(x.records for x in self._lag.values()), max((x.seconds for x in self._lag.values()), default=0.0))
+        lag = self._total_lag()
         headers: Headers = [
             ("reason", b"shed"),
             ("stage", self.stage.encode()),

@@ -29,6 +29,7 @@ from playwright.sync_api import ConsoleMessage, Page, expect, sync_playwright
 from services.common.avro import PREDICTIONS
 from services.common.settings import KafkaSettings
 from services.common.timeutil import now_ms
+from tests.sink.records import prediction
 
 from .processes import ROOT, free_port, fresh_topics, service
 
@@ -90,24 +91,22 @@ class Sink:
 
     def send(self, tweet_id: str, tags: tuple[tuple[str, float], ...], image: int, **fields: Any) -> None:
         now = now_ms()
-        record = {
-            "tweet_id": tweet_id,
-            "media_key": f"3_{tweet_id}",
-            "image_url": f"{self.images}/{image}.png",
-            "post_url": f"https://x.com/i/web/status/{tweet_id}",
-            "text": f"post {tweet_id}",
-            "author_username": f"user{tweet_id}",
-            "priority": 1,
-            "hashtags": [{"hashtag": tag, "score": score} for tag, score in tags],
-            "scores": {tag: score for tag, score in tags} | {"others": 0.01},
-            "model_name": "resnet50",
-            "model_version": "1",
-            "ingest_ts_ms": now - 350,
-            "fetch_ts_ms": now - 200,
-            "classify_ts_ms": now - 100,
-            "inference_ms": 40.0,
-            "batch_size": 2,
-        } | fields
+        record = (
+            prediction(
+                tweet_id,
+                f"3_{tweet_id}",
+                tags,
+                ts=now - 100,
+                image_url=f"{self.images}/{image}.png",
+                text=f"post {tweet_id}",
+                author_username=f"user{tweet_id}",
+                ingest_ts_ms=now - 350,
+                fetch_ts_ms=now - 200,
+                inference_ms=40.0,
+                batch_size=2,
+            )
+            | fields
+        )
         self.producer.produce(self.topic, PREDICTIONS.encode(record), key=tweet_id)
         assert self.producer.flush(10) == 0
 
