@@ -110,7 +110,7 @@ def run() -> list[Figure]:
             "< 300",
             {
                 "measured": (
-                    f"peak RSS (ru_maxrss) of one fetcher process handling at once: {SLOW} responses sending "
+                    f"peak RSS (VmHWM, its own since exec) of one fetcher process handling at once: {SLOW} responses sending "
                     f"a byte per second (declaring 2 MB), {OVERSIZED // 2} bodies declaring 50 MB, "
                     f"{OVERSIZED - OVERSIZED // 2} chunked 30 MB bodies, and {MEMORY_IMAGES} photos"
                 ),
