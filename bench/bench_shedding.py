@@ -81,6 +81,7 @@ class Pipeline:
                 "FETCHER_ALLOW_PRIVATE_NETWORKS": "true",
                 "FETCHER_SHEDDING_ENABLED": str(shedding).lower(),
                 "FETCHER_SHED_LEVELS": levels,
+                "FETCHER_DOWNSTREAM_GROUP": f"bench-classifier-{run}",
                 # Posts admitted to the window wait there after the shedding decision: on two
                 # shared cores 16 is a fraction of a second of downloads and decodes.
                 "FETCHER_MAX_IN_FLIGHT": "16",

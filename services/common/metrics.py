@@ -39,6 +39,16 @@ CONSUMER_LAG_SECONDS = Gauge(
     "Now minus the Kafka timestamp of the newest record read, per partition (0 when caught up).",
     ["stage", "topic", "partition"],
 )
+DOWNSTREAM_LAG = Gauge(
+    "tagstream_downstream_lag_records",
+    "Records the next stage's consumer group has not committed yet on this stage's output topic.",
+    ["stage", "topic", "group"],
+)
+DOWNSTREAM_LAG_SECONDS = Gauge(
+    "tagstream_downstream_lag_seconds",
+    "Age of the oldest record the next stage's group has not committed yet (worst partition).",
+    ["stage", "topic", "group"],
+)
 SHED = Counter(
     "tagstream_records_shed_total",
     "Records dropped under load before any expensive work, by their priority.",

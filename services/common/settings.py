@@ -62,6 +62,9 @@ class StreamSettings(ServiceSettings):
     shed_exit_ratio: float = 0.5
     #: ... for this long
     shed_min_dwell_s: float = 5.0
+    #: the consumer group that reads `output_topic`; its lag is added to this stage's own, so
+    #: records the next stage would shed anyway are shed here, before any work (empty: own lag only)
+    downstream_group: str = ""
     #: write each shed record, with why, to `<input topic><shed_suffix>`
     shed_audit: bool = True
     shed_suffix: str = ".shed"

@@ -20,6 +20,7 @@ from confluent_kafka.aio import AIOConsumer
 
 from . import metrics
 from .avro import AvroDecodeError, Codec
+from .downstream import DownstreamWatch
 from .kafka import AsyncProducer, Headers, consumer_config, new_consumer, producer_config
 from .offsets import PartitionOffsets
 from .runtime import Runtime
@@ -90,6 +91,7 @@ class StreamLoop:
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight = metrics.IN_FLIGHT.labels(stage)
         self._lag: dict[tuple[str, int], Lag] = {}
+        self._downstream: DownstreamWatch | None = None
         self.shedding = ShedPolicy(
             settings.shed_levels if settings.shedding_enabled else [],
             exit_ratio=settings.shed_exit_ratio,
@@ -111,6 +113,7 @@ class StreamLoop:
             [self.settings.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
         log.info("consuming", extra={"fields": {"topic": self.settings.input_topic, "group": self.settings.group_id}})
+        watching = self._watch_downstream(stop)
         try:
             while not stop.is_set():
                 await self._store_positions(consumer)
@@ -123,10 +126,20 @@ class StreamLoop:
                 for message in messages:
                     self._start(message)
         finally:
+            if watching is not None:
+                watching.cancel()
             await self._drain()
             await self._store_positions(consumer)
             await consumer.close()
             log.info("consumer closed", extra={"fields": {"stage": self.stage}})
+
+    def _watch_downstream(self, stop: asyncio.Event) -> asyncio.Task[None] | None:
+        """Start following the next stage's lag, when shedding is on and that stage is named."""
+        settings = self.settings
+        if not (self.shedding.levels and settings.downstream_group and settings.output_topic):
+            return None
+        self._downstream = DownstreamWatch(settings.kafka, self.stage, settings.output_topic, settings.downstream_group)
+        return asyncio.create_task(self._downstream.run(stop))
 
     async def _wait_for_room(self, consumer: AIOConsumer, stop: asyncio.Event) -> None:
         """Wait while the in-flight window is full.
@@ -172,7 +185,7 @@ class StreamLoop:
         for (topic, partition), lag in self._lag.items():
             metrics.CONSUMER_LAG.labels(self.stage, topic, str(partition)).set(lag.records)
             metrics.CONSUMER_LAG_SECONDS.labels(self.stage, topic, str(partition)).set(lag.seconds)
-        total = self._total_lag()
+        total = self._decision_lag()
         before = self.shedding.level
         floor = self.shedding.update(total, time.monotonic())
         if self.shedding.level != before:
@@ -196,6 +209,15 @@ class StreamLoop:
             sum(lag.records for lag in self._lag.values()),
             max((lag.seconds for lag in self._lag.values()), default=0.0),
         )
+
+    def _decision_lag(self) -> Lag:
+        """What shedding goes by: this stage's lag, plus the next stage's when it is watched,
+        since a record admitted now waits in both queues."""
+        own = self._total_lag()
+        if self._downstream is None:
+            return own
+        down = self._downstream.lag
+        return Lag(own.records + down.records, own.seconds + down.seconds)
 
     async def _store_positions(self, consumer: AIOConsumer) -> None:
         """Hand librdkafka the positions that moved since last time, in one call."""
@@ -298,7 +320,7 @@ class StreamLoop:
         metrics.SHED.labels(self.stage, str(priority)).inc()
         if not self.settings.shed_audit:
             return
-        lag = self._total_lag()
+        lag = self._decision_lag()
         headers: Headers = [
             ("reason", b"shed"),
             ("stage", self.stage.encode()),

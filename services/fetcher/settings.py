@@ -18,6 +18,7 @@ class FetcherSettings(StreamSettings):
     input_topic: str = "tweets"
     output_topic: str = "images"
     group_id: str = "fetcher"
+    downstream_group: str = "classifier"
     max_in_flight: int = 128
     #: lift the refusal of loopback, private and link-local targets; for the local stack only
     allow_private_networks: bool = False

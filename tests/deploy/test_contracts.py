@@ -181,6 +181,19 @@ def test_keda_scales_on_the_right_lag_and_never_past_the_partitions(
         assert "replicas" not in named(objects, "Deployment", service)["spec"]
 
 
+def test_a_stage_watches_the_group_that_reads_its_output(objects: list[Obj], monkeypatch: pytest.MonkeyPatch) -> None:
+    stages = {}
+    for service in SERVICES:
+        settings, _ = _settings_from_manifest(objects, service, monkeypatch)
+        if isinstance(settings, StreamSettings):
+            stages[service] = settings
+    readers = {s.input_topic: s.group_id for s in stages.values()}
+    watching = {name: s for name, s in stages.items() if s.downstream_group}
+    assert "fetcher" in watching, "the fetcher sheds what the classifier would, before downloading it"
+    for name, settings in watching.items():
+        assert settings.downstream_group == readers.get(settings.output_topic), name
+
+
 def test_classifier_reaches_the_model_triton_serves(objects: list[Obj], monkeypatch: pytest.MonkeyPatch) -> None:
     settings, _ = _settings_from_manifest(objects, "classifier", monkeypatch)
     assert isinstance(settings, ClassifierSettings)

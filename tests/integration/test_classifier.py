@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from services.common.avro import IMAGES, PREDICTIONS
+from services.common.avro import IMAGES, PREDICTIONS, Codec
 from services.fetcher.imaging import PIXEL_FORMAT, to_model_input
 from tools import demo_data
 
@@ -59,17 +59,17 @@ def image_record(tweet_id: str, pixels: bytes) -> dict[str, Any]:
     }
 
 
-def produce(topic: str, records: list[dict[str, Any]], per_second: float = 0.0) -> None:
+def produce(topic: str, records: list[dict[str, Any]], per_second: float = 0.0, codec: Codec = IMAGES) -> None:
     producer = Producer({"bootstrap.servers": "localhost:9092"})
     for record in records:
-        producer.produce(topic, IMAGES.encode(record), key=record["tweet_id"])
+        producer.produce(topic, codec.encode(record), key=record["tweet_id"])
         producer.poll(0)
         if per_second:
             time.sleep(1 / per_second)
     assert producer.flush(30) == 0
 
 
-def consume(topic: str, expected: int, timeout_s: float) -> list[dict[str, Any]]:
+def consume(topic: str, expected: int, timeout_s: float, codec: Codec = PREDICTIONS) -> list[dict[str, Any]]:
     consumer = Consumer(
         {"bootstrap.servers": "localhost:9092", "group.id": f"test-{uuid.uuid4()}", "auto.offset.reset": "earliest"}
     )
@@ -80,13 +80,13 @@ def consume(topic: str, expected: int, timeout_s: float) -> list[dict[str, Any]]
         while len(records) < expected and time.monotonic() < deadline:
             message = consumer.poll(0.5)
             if message is not None and not message.error():
-                records.append(PREDICTIONS.decode(message.value()))
+                records.append(codec.decode(message.value()))
         # anything beyond `expected` would be a duplicate: give it a moment to show up
         end = time.monotonic() + 2
         while time.monotonic() < end:
             message = consumer.poll(0.2)
             if message is not None and not message.error():
-                records.append(PREDICTIONS.decode(message.value()))
+                records.append(codec.decode(message.value()))
     finally:
         consumer.close()
     return records

@@ -43,16 +43,20 @@ WAIT_MS = 20_000
 
 
 class ImageServer:
-    """PNG squares at /<n>.png on loopback, each a different colour."""
+    """PNG squares at /<n>.png on loopback, each a different colour; `requested` lists the paths
+    asked for, query strings included."""
 
     COLOURS = ("#e76f51", "#2a9d8f", "#e9c46a", "#264653", "#8ab17d", "#b5838d", "#6d597a", "#f4a261")
 
     def __init__(self) -> None:
         images = {f"/{n}.png": self._png(n) for n in range(len(self.COLOURS))}
+        self.requested: list[str] = []
+        requested = self.requested
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                body = images.get(self.path)
+                requested.append(self.path)
+                body = images.get(self.path.split("?", 1)[0])
                 self.send_response(200 if body else 404)
                 self.send_header("Content-Type", "image/png")
                 self.send_header("Content-Length", str(len(body or b"")))

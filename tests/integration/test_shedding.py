@@ -3,21 +3,27 @@ commits what it drops, and keeps every high-priority record."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from services.common.avro import PREDICTIONS
+from services.common.avro import IMAGES, PREDICTIONS, TWEETS
+from services.common.downstream import DownstreamWatch
 from services.common.kafka import TopicSpec, ensure_topics
 from services.common.settings import KafkaSettings
+from services.common.shedding import Lag
 
-from .processes import free_port, service
-from .test_classifier import image_record, photo_pixels, produce
+from .processes import free_port, fresh_topics, service
+from .test_classifier import consume, image_record, photo_pixels, produce
+from .test_gallery import ImageServer
 
 pytestmark = pytest.mark.integration
 
@@ -58,6 +64,22 @@ def committed_offsets(group: str, topic: str, until: float, expected: int) -> in
             if total >= expected or time.monotonic() > until:
                 return total
             time.sleep(0.5)
+    finally:
+        consumer.close()
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout_s} s for {what}")
+        time.sleep(0.3)
+
+
+def high_watermarks(topic: str, partitions: int = 3) -> dict[int, int]:
+    consumer = Consumer({"bootstrap.servers": "localhost:9092", "group.id": f"test-{uuid.uuid4()}"})
+    try:
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(partitions)}
     finally:
         consumer.close()
 
@@ -146,3 +168,93 @@ def test_overload_sheds_low_priority_first_and_keeps_every_high_one(kafka: None,
     assert {r["tweet_id"] for r in later} <= classified, "low priority is classified again once the lag is gone"
 
     assert committed == len(records) + len(later), "shed records are committed too"
+
+
+def tweet_record(n: int, url: str, priority: int) -> dict[str, Any]:
+    return {
+        "tweet_id": str(n), "text": "a post", "author_id": None, "author_username": None, "created_at": None,
+        "lang": None, "post_url": f"https://x.com/i/web/status/{n}",
+        "media": [{"media_key": f"3_{n}", "type": "photo", "url": url, "width": None, "height": None}],
+        "matching_rules": [], "priority": priority, "ingest_ts_ms": int(time.time() * 1000),
+    }  # fmt: skip
+
+
+def commit(group: str, topic: str, offsets: dict[int, int]) -> None:
+    """Commit `offsets` for `group` as an outside client (the group has no member)."""
+    consumer = Consumer({"bootstrap.servers": "localhost:9092", "group.id": group})
+    try:
+        consumer.commit(offsets=[TopicPartition(topic, p, o) for p, o in offsets.items()], asynchronous=False)
+    finally:
+        consumer.close()
+
+
+def test_the_watch_reads_a_groups_lag_from_its_commits_and_the_watermarks(kafka: None) -> None:
+    (topic,) = fresh_topics("downstream", partitions=1)
+    group = f"test-next-{uuid.uuid4().hex[:8]}"
+    pixels = photo_pixels(1)[0]
+    watch = DownstreamWatch(KafkaSettings(), "test", topic, group)
+
+    async def scenario() -> list[Lag]:
+        produce(topic, [image_record(str(i), pixels) for i in range(10)])
+        seen = [await watch.poll_once()]  # the group has committed nothing: not counted
+        commit(group, topic, {0: 4})
+        await asyncio.sleep(1.5)
+        produce(topic, [image_record(str(i), pixels) for i in range(10, 20)])
+        seen.append(await watch.poll_once())
+        commit(group, topic, {0: 20})
+        seen.append(await watch.poll_once())
+        return seen
+
+    never, behind, caught_up = asyncio.run(scenario())
+    assert never == Lag(0, 0.0)
+    assert behind.records == 16
+    assert 1.5 <= behind.seconds < 30, "offset 4 was written before the first look, 1.5 s or more ago"
+    assert caught_up == Lag(0, 0.0)
+
+
+def test_a_fetcher_sheds_before_fetching_what_its_lagging_next_stage_would_shed(kafka: None, tmp_path: Path) -> None:
+    tweets, images = fresh_topics("tweets", "images")
+    ensure_topics(KafkaSettings(), [TopicSpec(tweets + ".shed", 1), TopicSpec(tweets + ".dlq", 1)])
+    next_stage = f"test-classifier-{uuid.uuid4().hex[:8]}"
+    # The next stage is 90 records behind on the fetcher's output.
+    backlog = [image_record(f"backlog-{i}", photo_pixels(1)[0]) for i in range(90)]
+    produce(images, backlog)
+    commit(next_stage, images, {p: 0 for p in range(3)})
+    port = free_port()
+    env = {
+        "FETCHER_INPUT_TOPIC": tweets,
+        "FETCHER_OUTPUT_TOPIC": images,
+        "FETCHER_GROUP_ID": f"test-fetcher-{uuid.uuid4().hex[:8]}",
+        "FETCHER_METRICS_PORT": str(port),
+        "FETCHER_ALLOW_PRIVATE_NETWORKS": "true",
+        "FETCHER_DOWNSTREAM_GROUP": next_stage,
+        # keep only high priority while 50 or more records wait, here or in the next stage
+        "FETCHER_SHED_LEVELS": json.dumps([{"min_priority": HIGH, "lag_records": 50, "lag_seconds": 3600}]),
+        "FETCHER_SHED_MIN_DWELL_S": "1",
+    }
+    with ImageServer() as server, service("fetcher", env, tmp_path / "fetcher.log", port):
+        wait_for(lambda: metric(port, "tagstream_shed_level", 'stage="fetcher"') == 1, "the fetcher to shed")
+        posts = [tweet_record(50_000 + i, f"{server.origin}/{i % 8}.png?post={i}", HIGH if i % 4 == 0 else LOW)
+                 for i in range(20)]  # fmt: skip
+        produce(tweets, posts, codec=TWEETS)
+        high = {p["tweet_id"] for p in posts if p["priority"] == HIGH}
+        low = {p["tweet_id"] for p in posts} - high
+        fetched = consume(images, expected=len(backlog) + len(high), timeout_s=60, codec=IMAGES)
+        wait_for(lambda: metric(port, "tagstream_records_shed_total", f'priority="{LOW}"') == len(low), "the drops")
+        shed_requests = [path for path in server.requested if int(path.rsplit("=", 1)[1]) % 4 != 0]
+
+        # The next stage catches up: after the dwell time the fetcher fetches low priority again.
+        commit(next_stage, images, high_watermarks(images))
+        wait_for(lambda: metric(port, "tagstream_shed_level", 'stage="fetcher"') == 0, "the fetcher to stop shedding")
+        later = [tweet_record(60_000 + i, f"{server.origin}/{i % 8}.png?post=later{i}", LOW) for i in range(5)]
+        produce(tweets, later, codec=TWEETS)
+        fetched = consume(images, expected=len(backlog) + len(high) + len(later), timeout_s=60, codec=IMAGES)
+
+    audit = read_all(tweets + ".shed", until=time.monotonic() + 5)
+    fetched_ids = {r["tweet_id"] for r in fetched}
+    assert high <= fetched_ids, "every high-priority post is fetched"
+    assert not low & fetched_ids, "no low-priority post is fetched while the next stage is behind"
+    assert shed_requests == [], "a shed post's image is never downloaded"
+    assert {key for key, _ in audit} == low
+    assert all(int(headers["lag_records"]) >= 50 for _, headers in audit), "the drop says how far behind"
+    assert {r["tweet_id"] for r in later} <= fetched_ids, "low priority is fetched again once the next stage caught up"

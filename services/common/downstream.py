@@ -1,0 +1,144 @@
+"""The lag of the next stage: how far the consumer group reading our output is behind.
+
+A record a stage admits now waits in its own queue and then in the next stage's. If the next
+stage is behind, it will shed the low priorities anyway, after this stage has paid to process
+them; dropping them here instead is Aurora's "drop as early as possible" (Tatbul et al., VLDB
+2003). So a stage may watch the group that reads its output and add that group's lag to its own.
+
+Only Kafka's own bookkeeping is read: the group's committed offsets and the topic's high
+watermarks. Seconds behind come from a `WriteClock` per partition, which learns when each offset
+was written by sampling the high watermark over time (the interpolation Kafka lag exporters
+use), so no record needs to be read and no other service needs to be asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Mapping
+
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
+
+from . import metrics
+from .settings import KafkaSettings
+from .shedding import Lag
+
+log = logging.getLogger(__name__)
+
+
+class WriteClock:
+    """When offsets of one partition were written, from (high watermark, time) samples.
+
+    The high watermark at time t is one past the last offset written by t, so offset o was
+    written between the last sample with high <= o and the first with high > o; linear
+    interpolation between the two places it. While the watermark stands still only the first
+    and the last time it was seen are kept, and at most `max_samples` samples in all.
+    """
+
+    def __init__(self, max_samples: int = 3600) -> None:
+        self._highs: deque[int] = deque(maxlen=max_samples)
+        self._times: deque[float] = deque(maxlen=max_samples)
+
+    def observe(self, high: int, at: float) -> None:
+        if self._highs and high < self._highs[-1]:  # the topic was recreated or truncated
+            self._highs.clear()
+            self._times.clear()
+        if len(self._highs) >= 2 and self._highs[-2] == self._highs[-1] == high:
+            self._times[-1] = at  # a still watermark: keep when it was first and last seen
+            return
+        self._highs.append(high)
+        self._times.append(at)
+
+    def written_at(self, offset: int) -> float | None:
+        """When `offset` was written (interpolated), the oldest sample's time if it is older
+        than every sample, None if it is not written yet or nothing was observed."""
+        if not self._highs or offset >= self._highs[-1]:
+            return None
+        i = bisect.bisect_right(self._highs, offset)  # first sample whose high > offset
+        if i == 0:
+            return self._times[0]
+        low_high, high_high = self._highs[i - 1], self._highs[i]
+        low_t, high_t = self._times[i - 1], self._times[i]
+        return low_t + (high_t - low_t) * (offset - low_high + 1) / (high_high - low_high)
+
+
+def group_lag(
+    highs: Mapping[int, int], committed: Mapping[int, int], clocks: Mapping[int, WriteClock], now: float
+) -> Lag:
+    """Records behind over all partitions and seconds behind at the worst one, for a group whose
+    committed offsets are `committed`. A partition the group never committed is left out: a
+    group that is not there yet is not a group that is behind."""
+    records, seconds = 0, 0.0
+    for partition, high in highs.items():
+        position = committed.get(partition)
+        if position is None:
+            continue
+        records += max(0, high - position)
+        clock = clocks.get(partition)
+        written = clock.written_at(position) if clock is not None else None
+        if written is not None:
+            seconds = max(seconds, now - written)
+    return Lag(records, seconds)
+
+
+class DownstreamWatch:
+    """Polls the lag of consumer group `group` on `topic` every `interval_s`; `lag` is the latest."""
+
+    def __init__(
+        self, kafka: KafkaSettings, stage: str, topic: str, group: str, interval_s: float = 1.0, timeout_s: float = 5.0
+    ) -> None:
+        self.stage, self.topic, self.group = stage, topic, group
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self.lag = Lag(0, 0.0)
+        self._admin = AdminClient(kafka.client_config())
+        self._clocks: dict[int, WriteClock] = {}
+        self._records = metrics.DOWNSTREAM_LAG.labels(stage, topic, group)
+        self._seconds = metrics.DOWNSTREAM_LAG_SECONDS.labels(stage, topic, group)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        log.info("watching the next stage's lag", extra={"fields": {"topic": self.topic, "group": self.group}})
+        while not stop.is_set():
+            try:
+                await self.poll_once()
+            except (KafkaException, TimeoutError) as exc:
+                # Unknown is not zero, but not a reason to shed either: keep the last figure.
+                log.warning("next stage's lag unknown", extra={"fields": {"group": self.group, "error": str(exc)}})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.interval_s)
+
+    async def poll_once(self) -> Lag:
+        partitions = await self._partitions()
+        highs = await self._highs(partitions)
+        now = time.time()
+        for partition, high in highs.items():
+            self._clocks.setdefault(partition, WriteClock()).observe(high, now)
+        committed = await self._committed(partitions)
+        self.lag = group_lag(highs, committed, self._clocks, now)
+        self._records.set(self.lag.records)
+        self._seconds.set(self.lag.seconds)
+        return self.lag
+
+    async def _partitions(self) -> list[int]:
+        metadata = await asyncio.to_thread(self._admin.list_topics, self.topic, timeout=self.timeout_s)
+        topic = metadata.topics.get(self.topic)
+        if topic is None or topic.error is not None:
+            raise KafkaException(topic.error if topic is not None else f"no topic {self.topic}")
+        return sorted(topic.partitions)
+
+    async def _highs(self, partitions: list[int]) -> dict[int, int]:
+        latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+        request = {TopicPartition(self.topic, p): latest for p in partitions}
+        futures = self._admin.list_offsets(request, request_timeout=self.timeout_s)
+        return {tp.partition: (await asyncio.wrap_future(f)).offset for tp, f in futures.items()}
+
+    async def _committed(self, partitions: list[int]) -> dict[int, int]:
+        request = [ConsumerGroupTopicPartitions(self.group, [TopicPartition(self.topic, p) for p in partitions])]
+        futures = self._admin.list_consumer_group_offsets(request, request_timeout=self.timeout_s)
+        result = await asyncio.wrap_future(futures[self.group])
+        return {tp.partition: tp.offset for tp in result.topic_partitions if tp.offset >= 0}

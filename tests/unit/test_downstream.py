@@ -1,0 +1,65 @@
+"""The next stage's lag from its committed offsets and the output topic's high watermarks."""
+
+import pytest
+
+from services.common.downstream import WriteClock, group_lag
+from services.common.shedding import Lag
+
+
+def clock(*samples: tuple[int, float]) -> WriteClock:
+    c = WriteClock()
+    for high, at in samples:
+        c.observe(high, at)
+    return c
+
+
+def test_an_offset_is_placed_between_the_samples_that_bracket_it() -> None:
+    c = clock((0, 100.0), (10, 110.0))  # offsets 0..9 written between t=100 and t=110
+    assert c.written_at(0) == pytest.approx(101.0)
+    assert c.written_at(4) == pytest.approx(105.0)
+    assert c.written_at(9) == pytest.approx(110.0)
+
+
+def test_an_offset_older_than_every_sample_gets_the_oldest_time() -> None:
+    c = clock((50, 100.0), (60, 110.0))
+    assert c.written_at(3) == 100.0
+
+
+def test_an_offset_not_written_yet_has_no_time() -> None:
+    c = clock((10, 100.0))
+    assert c.written_at(10) is None
+    assert WriteClock().written_at(0) is None
+
+
+def test_a_watermark_that_stands_still_adds_no_sample() -> None:
+    c = clock((0, 100.0), (10, 110.0), (10, 200.0), (20, 210.0))
+    # offset 12 was written between 200 and 210, not between 110 and 210
+    assert c.written_at(12) == pytest.approx(203.0)
+
+
+def test_a_watermark_that_goes_back_starts_the_clock_again() -> None:
+    c = clock((0, 100.0), (1000, 110.0), (5, 300.0))  # the topic was recreated
+    assert c.written_at(2) == 300.0
+
+
+def test_samples_are_bounded() -> None:
+    c = WriteClock(max_samples=3)
+    for i in range(10):
+        c.observe(10 * i, float(i))
+    assert c.written_at(0) == 7.0  # older samples are gone: the oldest kept is (70, 7.0)
+
+
+def test_group_lag_sums_records_and_takes_the_oldest_unread_record() -> None:
+    clocks = {0: clock((0, 100.0), (10, 110.0)), 1: clock((0, 100.0), (10, 110.0))}
+    lag = group_lag(highs={0: 10, 1: 10}, committed={0: 4, 1: 10}, clocks=clocks, now=120.0)
+    assert lag == Lag(records=6, seconds=pytest.approx(15.0))
+
+
+def test_a_partition_the_group_never_committed_is_left_out() -> None:
+    clocks = {0: clock((0, 100.0), (10, 110.0))}
+    assert group_lag(highs={0: 10}, committed={}, clocks=clocks, now=120.0) == Lag(0, 0.0)
+
+
+def test_a_group_that_is_caught_up_has_no_lag() -> None:
+    clocks = {0: clock((0, 100.0), (10, 110.0))}
+    assert group_lag(highs={0: 10}, committed={0: 10}, clocks=clocks, now=500.0) == Lag(0, 0.0)
