@@ -110,8 +110,9 @@ def run() -> list[Figure]:
             "< 300",
             {
                 "measured": (
-                    f"peak RSS (VmHWM, its own since exec) of one fetcher process handling at once: {SLOW} responses sending "
-                    f"a byte per second (declaring 2 MB), {OVERSIZED // 2} bodies declaring 50 MB, "
+                    f"peak RSS (VmHWM, its own since exec) of one fetcher process handling at once: "
+                    f"{SLOW} responses sending a byte per second (declaring 2 MB), "
+                    f"{OVERSIZED // 2} bodies declaring 50 MB, "
                     f"{OVERSIZED - OVERSIZED // 2} chunked 30 MB bodies, and {MEMORY_IMAGES} photos"
                 ),
                 **memory,

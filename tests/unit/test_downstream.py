@@ -52,7 +52,8 @@ def test_samples_are_bounded() -> None:
 def test_group_lag_sums_records_and_takes_the_oldest_unread_record() -> None:
     clocks = {0: clock((0, 100.0), (10, 110.0)), 1: clock((0, 100.0), (10, 110.0))}
     lag = group_lag(highs={0: 10, 1: 10}, committed={0: 4, 1: 10}, clocks=clocks, now=120.0)
-    assert lag == Lag(records=6, seconds=pytest.approx(15.0))
+    assert lag.records == 6
+    assert lag.seconds == pytest.approx(15.0)
 
 
 def test_a_partition_the_group_never_committed_is_left_out() -> None:
