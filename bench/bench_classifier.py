@@ -20,7 +20,6 @@ import sys
 import tempfile
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,7 +34,7 @@ from services.fetcher.imaging import to_model_input
 from tools import demo_data
 
 from .figures import Figure
-from .stack import ROOT, free_port, running
+from .stack import KAFKA_PROCESSES, ROOT, TRITON_PROCESSES, cpu_seconds, free_port, running
 
 TRITON = "localhost:8001"
 ROUNDS = 2
@@ -50,8 +49,11 @@ def sample_pixels(count: int) -> list[bytes]:
     return out
 
 
-async def triton_alone(model: str, images: list[bytes], n: int, batch: int, in_flight: int) -> float:
-    """Images/s of `n` images sent as uint8 batches of `batch`, `in_flight` requests at once."""
+async def triton_alone(
+    model: str, images: list[bytes], n: int, batch: int, in_flight: int
+) -> tuple[float, dict[str, float]]:
+    """Images/s of `n` images sent as uint8 batches of `batch`, `in_flight` requests at once,
+    and the CPU milliseconds per image of Triton and of this client."""
     client = grpcclient.InferenceServerClient(TRITON)
     arrays = [np.frombuffer(p, np.uint8).reshape(224, 224, 3) for p in images]
     stacked = np.stack([arrays[i % len(arrays)] for i in range(batch)])
@@ -69,11 +71,13 @@ async def triton_alone(model: str, images: list[bytes], n: int, batch: int, in_f
         async with slots:
             await one()
 
+    cpu_before = _parts_cpu(client=os.getpid())
     started = time.perf_counter()
     await asyncio.gather(*(limited() for _ in range(requests)))
     elapsed = time.perf_counter() - started
+    cpu = _cpu_ms_per_image(cpu_before, _parts_cpu(client=os.getpid()), requests * batch)
     await client.close()
-    return requests * batch / elapsed
+    return requests * batch / elapsed, cpu
 
 
 def produce_images(topic: str, images: list[bytes], n: int, encoding: pixels.Encoding) -> int:
@@ -103,9 +107,10 @@ def produce_images(topic: str, images: list[bytes], n: int, encoding: pixels.Enc
 
 def classifier_run(
     model: str, images: list[bytes], n: int, batch: int, in_flight: int, encoding: str
-) -> tuple[float, float]:
-    """(images/s, CPU ms per image) of the classifier process over `n` pre-produced records,
-    both taken between its first and its last prediction."""
+) -> tuple[float, dict[str, float]]:
+    """Images/s of the classifier process over `n` pre-produced records, and the CPU
+    milliseconds per image of the classifier, Triton and the broker, both taken between its
+    first and its last prediction."""
     suffix = uuid.uuid4().hex[:8]
     source, sink = f"bench-images-{suffix}", f"bench-predictions-{suffix}"
     ensure_topics(KafkaSettings(), [TopicSpec(source, 3), TopicSpec(sink, 3)])
@@ -121,38 +126,54 @@ def classifier_run(
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen([sys.executable, "-m", "services.classifier"], cwd=ROOT, env=env, stderr=log)
         try:
-            stamps, cpu_s = _classify_stamps(sink, n, timeout_s=60 + n / 5, pid=process.pid)
+            stamps, cpu = _classify_stamps(sink, n, timeout_s=60 + n / 5, pid=process.pid)
         finally:
             process.terminate()
             process.wait(30)
     if len(stamps) < n:
         raise RuntimeError(f"only {len(stamps)} of {n} predictions arrived")
     stamps.sort()
-    return (n - 1) / ((stamps[-1] - stamps[0]) / 1000), 1000 * cpu_s / n
+    return (n - 1) / ((stamps[-1] - stamps[0]) / 1000), cpu
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _parts_cpu(**processes: int) -> dict[str, float]:
+    """CPU seconds so far of Triton, the broker, and each named process id."""
+    parts = {"triton": cpu_seconds(TRITON_PROCESSES), "broker": cpu_seconds(KAFKA_PROCESSES)}
+    return parts | {name: cpu_seconds(pids=(pid,)) for name, pid in processes.items()}
 
 
-def _classify_stamps(topic: str, n: int, timeout_s: float, pid: int) -> tuple[list[int], float]:
-    """The predictions' classify timestamps, and the classifier's CPU seconds from the first to the last."""
+def _cpu_ms_per_image(before: dict[str, float], after: dict[str, float], images: int) -> dict[str, float]:
+    return {part: round(1000 * (after[part] - before[part]) / images, 3) for part in before}
+
+
+def _median_parts(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {part: statistics.median(run[part] for run in runs) for part in runs[0]}
+
+
+def _with_bound(parts: dict[str, float]) -> dict[str, float]:
+    """The parts' CPU ms per image, and the images/s this machine's cores would allow if they
+    did nothing else (cores * 1000 / the sum): what the two rates compared can reach at most."""
+    total = sum(parts.values())
+    return parts | {"total": round(total, 3), "cpu_bound_images_per_s": round((os.cpu_count() or 1) * 1000 / total)}
+
+
+def _classify_stamps(topic: str, n: int, timeout_s: float, pid: int) -> tuple[list[int], dict[str, float]]:
+    """The predictions' classify timestamps, and the CPU ms per image of each part from the first to the last."""
     consumer = Consumer(
         {"bootstrap.servers": "localhost:9092", "group.id": f"bench-{uuid.uuid4()}", "auto.offset.reset": "earliest"}
     )
     consumer.subscribe([topic])
     stamps: list[int] = []
     deadline = time.monotonic() + timeout_s
-    cpu_at_first = 0.0
+    at_first: dict[str, float] = {}
     try:
         while len(stamps) < n and time.monotonic() < deadline:
             for message in consumer.consume(500, 0.5):
                 if not message.error():
                     if not stamps:
-                        cpu_at_first = _cpu_seconds(pid)
+                        at_first = _parts_cpu(classifier=pid)
                     stamps.append(PREDICTIONS.decode(message.value())["classify_ts_ms"])
-        cpu = _cpu_seconds(pid) - cpu_at_first
+        cpu = _cpu_ms_per_image(at_first, _parts_cpu(classifier=pid), len(stamps)) if stamps else {}
     finally:
         consumer.close()
     return stamps, cpu
@@ -174,21 +195,25 @@ def run() -> list[Figure]:
         results: dict[str, Any] = {}
         for model, n, batch, in_flight in (("resnet50", 160, 8, 2), ("noop", 3000, 16, 4)):
             # Alternated, twice, medians kept: both sides see the same drift of a shared machine.
-            alone_runs, pipeline_runs, cpu_runs = [], [], []
+            alone_runs, pipeline_runs, alone_cpu, pipeline_cpu = [], [], [], []
             for _ in range(ROUNDS):
-                alone_runs.append(asyncio.run(triton_alone(model, images, n, batch, in_flight)))
-                rate, cpu_ms = classifier_run(model, images, n, batch, in_flight, "raw")
+                rate, cpu = asyncio.run(triton_alone(model, images, n, batch, in_flight))
+                alone_runs.append(rate)
+                alone_cpu.append(cpu)
+                rate, cpu = classifier_run(model, images, n, batch, in_flight, "raw")
                 pipeline_runs.append(rate)
-                cpu_runs.append(cpu_ms)
+                pipeline_cpu.append(cpu)
             alone, pipeline = statistics.median(alone_runs), statistics.median(pipeline_runs)
             results[model] = {
                 "alone": alone, "pipeline": pipeline, "n": n, "batch": batch, "in_flight": in_flight,
                 "alone_runs": alone_runs, "pipeline_runs": pipeline_runs,
-                "cpu_ms_per_image": statistics.median(cpu_runs),
+                "cpu_ms_per_image": _median_parts(pipeline_cpu)["classifier"],
+                "cpu_ms_per_image_alone": _with_bound(_median_parts(alone_cpu)),
+                "cpu_ms_per_image_pipeline": _with_bound(_median_parts(pipeline_cpu)),
             }  # fmt: skip
             print(f"{model}: Triton alone {alone_runs}/s, classifier {pipeline_runs}/s", flush=True)
         noop = results["noop"]
-        jpeg_rate, jpeg_cpu_ms = classifier_run("noop", images, noop["n"], noop["batch"], noop["in_flight"], "jpeg")
+        jpeg_rate, jpeg_cpu = classifier_run("noop", images, noop["n"], noop["batch"], noop["in_flight"], "jpeg")
         print(f"noop with JPEG pixels: classifier {jpeg_rate:.1f}/s", flush=True)
     raw_bytes = len(images[0])
     jpeg_bytes = statistics.mean(len(pixels.encode(p, 224, "jpeg")[1]) for p in images)
@@ -222,7 +247,7 @@ def run() -> list[Figure]:
             jpeg_rate,
             "images/s",
             "",
-            {"pixels": "JPEG q90", "cpu_ms_per_image": jpeg_cpu_ms},
+            {"pixels": "JPEG q90", "cpu_ms_per_image": jpeg_cpu["classifier"], "cpu_ms_per_image_pipeline": jpeg_cpu},
         ),
         Figure("images_pixels_bytes_raw", raw_bytes, "bytes", "", {"size": "224x224x3"}),
         Figure(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -31,3 +32,27 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+#: command-line fragments that pick out the local stack's processes
+TRITON_PROCESSES = ("tritonserver", "triton_python_backend_stub")
+KAFKA_PROCESSES = ("kafka.Kafka",)
+
+
+def cpu_seconds(patterns: tuple[str, ...] = (), pids: tuple[int, ...] = ()) -> float:
+    """User + system CPU seconds used so far by the processes `pids` and by every process whose
+    command line contains one of `patterns`."""
+    ticks = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if int(entry.name) not in pids:
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                if not any(p in command for p in patterns):
+                    continue
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
