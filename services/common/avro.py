@@ -48,8 +48,10 @@ class Codec:
             raise AvroDecodeError(
                 f"writer schema fingerprint {data[2:HEADER_LENGTH].hex()} is not {self.name}'s {self.fingerprint.hex()}"
             )
+        body = io.BytesIO(data)  # shares the bytes: no copy of a large body
+        body.seek(HEADER_LENGTH)
         try:
-            record = fastavro.schemaless_reader(io.BytesIO(data[HEADER_LENGTH:]), self.schema, None)
+            record = fastavro.schemaless_reader(body, self.schema, None)
         except (EOFError, ValueError, IndexError, UnicodeDecodeError) as exc:
             raise AvroDecodeError(f"malformed {self.name} body: {exc}") from exc
         if not isinstance(record, dict):

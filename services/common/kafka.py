@@ -8,6 +8,7 @@ the consumer is the library's `AIOConsumer`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Sequence
@@ -30,10 +31,16 @@ class DeliveryError(RuntimeError):
 
 
 class AsyncProducer:
-    """`produce()` returns a future resolved by the broker's delivery report."""
+    """`produce()` returns a future resolved by the broker's delivery report.
+
+    Delivery reports arrive on a polling thread; they are handed to the event loop a poll's
+    worth at a time, one wake-up of the loop per poll rather than one per record.
+    """
 
     def __init__(self, config: dict[str, Any]) -> None:
         self._producer = Producer(config)
+        self._reports: list[_Report] = []
+        self._reports_lock = threading.Lock()
         self._stopping = threading.Event()
         self._poller = threading.Thread(target=self._poll_forever, name="kafka-producer-poll", daemon=True)
         self._poller.start()
@@ -41,15 +48,27 @@ class AsyncProducer:
     def _poll_forever(self) -> None:
         while not self._stopping.is_set():
             self._producer.poll(0.1)
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Settle the reports gathered so far, each on its future's own loop."""
+        with self._reports_lock:
+            reports, self._reports = self._reports, []
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Report]] = {}
+        for report in reports:
+            by_loop.setdefault(report[0].get_loop(), []).append(report)
+        for loop, batch in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits these any more
+                loop.call_soon_threadsafe(_settle_all, batch)
 
     def produce(
         self, topic: str, value: bytes, key: str | bytes | None = None, headers: Headers | None = None
     ) -> asyncio.Future[Message]:
-        loop = asyncio.get_running_loop()
-        delivered: asyncio.Future[Message] = loop.create_future()
+        delivered: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
 
-        def on_delivery(err: KafkaError | None, msg: Message) -> None:
-            loop.call_soon_threadsafe(_settle, delivered, err, msg)
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:  # runs inside poll()
+            with self._reports_lock:
+                self._reports.append((delivered, err, msg))
 
         wire_headers: list[tuple[str, str | bytes | None]] = list(headers or ())
         while True:
@@ -59,10 +78,12 @@ class AsyncProducer:
             except BufferError:
                 # The local queue is full: let delivery reports drain it, then try again.
                 self._producer.poll(0.05)
+                self._hand_over()
 
     async def flush(self, wait_s: float = 30.0) -> int:
         """Wait for every queued record; return how many are still undelivered."""
         remaining: int = await asyncio.to_thread(self._producer.flush, wait_s)
+        self._hand_over()
         return remaining
 
     async def close(self) -> None:
@@ -73,13 +94,17 @@ class AsyncProducer:
         await asyncio.to_thread(self._poller.join)
 
 
-def _settle(future: asyncio.Future[Message], err: KafkaError | None, msg: Message) -> None:
-    if future.done():
-        return
-    if err is not None:
-        future.set_exception(DeliveryError(str(err)))
-    else:
-        future.set_result(msg)
+_Report = tuple["asyncio.Future[Message]", "KafkaError | None", Message]
+
+
+def _settle_all(reports: list[_Report]) -> None:
+    for future, err, msg in reports:
+        if future.done():
+            continue
+        if err is not None:
+            future.set_exception(DeliveryError(str(err)))
+        else:
+            future.set_result(msg)
 
 
 def producer_config(kafka: KafkaSettings, client_id: str, **overrides: Any) -> dict[str, Any]:
@@ -108,6 +133,10 @@ def consumer_config(
         "enable.auto.commit": True,
         "enable.auto.offset.store": False,
         "auto.commit.interval.ms": 1000,
+        # One fetch round trip brings at most this much per partition; librdkafka's 1 MB default
+        # is a handful of raw-pixel `images` records (150 KB each), which made the round trip,
+        # not the work, the classifier's limit.
+        "max.partition.fetch.bytes": 8 * 1024 * 1024,
         "partition.assignment.strategy": "cooperative-sticky",
     }
     return config | overrides
