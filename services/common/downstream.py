@@ -87,27 +87,44 @@ def group_lag(
 
 
 class DownstreamWatch:
-    """Polls the lag of consumer group `group` on `topic` every `interval_s`; `lag` is the latest."""
+    """Polls the lag of consumer group `group` on `topic` every `interval_s`.
+
+    `lag()` is the latest figure while it is fresh. One that could not be renewed for
+    `stale_after_s` counts as no lag: a lag nobody can read is no reason to keep shedding.
+    """
 
     def __init__(
-        self, kafka: KafkaSettings, stage: str, topic: str, group: str, interval_s: float = 1.0, timeout_s: float = 5.0
+        self,
+        kafka: KafkaSettings,
+        stage: str,
+        topic: str,
+        group: str,
+        interval_s: float = 1.0,
+        timeout_s: float = 5.0,
+        stale_after_s: float = 15.0,
     ) -> None:
         self.stage, self.topic, self.group = stage, topic, group
         self.interval_s = interval_s
         self.timeout_s = timeout_s
-        self.lag = Lag(0, 0.0)
+        self.stale_after_s = stale_after_s
+        self._lag = Lag(0, 0.0)
+        self._measured_at = 0.0  # monotonic
         self._admin = AdminClient(kafka.client_config())
         self._clocks: dict[int, WriteClock] = {}
         self._records = metrics.DOWNSTREAM_LAG.labels(stage, topic, group)
         self._seconds = metrics.DOWNSTREAM_LAG_SECONDS.labels(stage, topic, group)
+
+    def lag(self) -> Lag:
+        if time.monotonic() - self._measured_at > self.stale_after_s:
+            return Lag(0, 0.0)
+        return self._lag
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("watching the next stage's lag", extra={"fields": {"topic": self.topic, "group": self.group}})
         while not stop.is_set():
             try:
                 await self.poll_once()
-            except (KafkaException, TimeoutError) as exc:
-                # Unknown is not zero, but not a reason to shed either: keep the last figure.
+            except Exception as exc:  # noqa: BLE001 - the watch outlives any one failed look
                 log.warning("next stage's lag unknown", extra={"fields": {"group": self.group, "error": str(exc)}})
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.interval_s)
@@ -119,10 +136,11 @@ class DownstreamWatch:
         for partition, high in highs.items():
             self._clocks.setdefault(partition, WriteClock()).observe(high, now)
         committed = await self._committed(partitions)
-        self.lag = group_lag(highs, committed, self._clocks, now)
-        self._records.set(self.lag.records)
-        self._seconds.set(self.lag.seconds)
-        return self.lag
+        self._lag = group_lag(highs, committed, self._clocks, now)
+        self._measured_at = time.monotonic()
+        self._records.set(self._lag.records)
+        self._seconds.set(self._lag.seconds)
+        return self._lag
 
     async def _partitions(self) -> list[int]:
         metadata = await asyncio.to_thread(self._admin.list_topics, self.topic, timeout=self.timeout_s)

@@ -216,7 +216,7 @@ class StreamLoop:
         own = self._total_lag()
         if self._downstream is None:
             return own
-        down = self._downstream.lag
+        down = self._downstream.lag()
         return Lag(own.records + down.records, own.seconds + down.seconds)
 
     async def _store_positions(self, consumer: AIOConsumer) -> None:

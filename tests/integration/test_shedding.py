@@ -192,7 +192,7 @@ def test_the_watch_reads_a_groups_lag_from_its_commits_and_the_watermarks(kafka:
     (topic,) = fresh_topics("downstream", partitions=1)
     group = f"test-next-{uuid.uuid4().hex[:8]}"
     pixels = photo_pixels(1)[0]
-    watch = DownstreamWatch(KafkaSettings(), "test", topic, group)
+    watch = DownstreamWatch(KafkaSettings(), "test", topic, group, stale_after_s=2.0)
 
     async def scenario() -> list[Lag]:
         produce(topic, [image_record(str(i), pixels) for i in range(10)])
@@ -200,15 +200,19 @@ def test_the_watch_reads_a_groups_lag_from_its_commits_and_the_watermarks(kafka:
         commit(group, topic, {0: 4})
         await asyncio.sleep(1.5)
         produce(topic, [image_record(str(i), pixels) for i in range(10, 20)])
-        seen.append(await watch.poll_once())
+        seen += [await watch.poll_once(), watch.lag()]
+        await asyncio.sleep(2.5)
+        seen.append(watch.lag())  # not renewed for longer than stale_after_s
         commit(group, topic, {0: 20})
         seen.append(await watch.poll_once())
         return seen
 
-    never, behind, caught_up = asyncio.run(scenario())
+    never, behind, current, stale, caught_up = asyncio.run(scenario())
     assert never == Lag(0, 0.0)
     assert behind.records == 16
     assert 1.5 <= behind.seconds < 30, "offset 4 was written before the first look, 1.5 s or more ago"
+    assert current == behind
+    assert stale == Lag(0, 0.0), "a figure that could not be renewed is not kept for ever"
     assert caught_up == Lag(0, 0.0)
 
 
