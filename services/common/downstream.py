@@ -66,23 +66,42 @@ class WriteClock:
         low_t, high_t = self._times[i - 1], self._times[i]
         return low_t + (high_t - low_t) * (offset - low_high + 1) / (high_high - low_high)
 
+    def high_at(self, at: float) -> int | None:
+        """The high watermark at time `at` (interpolated), None before the first sample."""
+        if not self._times or at < self._times[0]:
+            return None
+        i = bisect.bisect_right(self._times, at)  # first sample after `at`
+        if i == len(self._times):
+            return self._highs[-1]
+        low_t, high_t = self._times[i - 1], self._times[i]
+        low_high, high_high = self._highs[i - 1], self._highs[i]
+        if high_t <= low_t:
+            return high_high
+        return low_high + int((high_high - low_high) * (at - low_t) / (high_t - low_t))
 
-def group_lag(
-    highs: Mapping[int, int], committed: Mapping[int, int], clocks: Mapping[int, WriteClock], now: float
-) -> Lag:
-    """Records behind over all partitions and seconds behind at the worst one, for a group whose
-    committed offsets are `committed`. A partition the group never committed is left out: a
-    group that is not there yet is not a group that is behind."""
+
+def group_lag(committed: Mapping[int, int], clocks: Mapping[int, WriteClock], now: float, grace_s: float = 0.0) -> Lag:
+    """How far a group whose committed offsets are `committed` is behind, not counting what
+    was written in the last `grace_s`: records written before `now - grace_s` and not yet
+    committed, over all partitions, and at the worst partition the age of the oldest of them
+    less `grace_s`.
+
+    A group commits every so often (`grace_s` should be that interval), so a group that keeps
+    up still reads up to an interval's worth of records behind; without the grace that slack
+    grows with the rate and alone would cross a shedding threshold at GPU rates. A partition
+    the group never committed is left out: a group that is not there yet is not behind.
+    """
     records, seconds = 0, 0.0
-    for partition, high in highs.items():
+    for partition, clock in clocks.items():
         position = committed.get(partition)
         if position is None:
             continue
-        records += max(0, high - position)
-        clock = clocks.get(partition)
-        written = clock.written_at(position) if clock is not None else None
+        known = clock.high_at(now - grace_s)
+        if known is not None:
+            records += max(0, known - position)
+        written = clock.written_at(position)
         if written is not None:
-            seconds = max(seconds, now - written)
+            seconds = max(seconds, now - written - grace_s)
     return Lag(records, seconds)
 
 
@@ -91,6 +110,9 @@ class DownstreamWatch:
 
     `lag()` is the latest figure while it is fresh. One that could not be renewed for
     `stale_after_s` counts as no lag: a lag nobody can read is no reason to keep shedding.
+    `grace_s` is the group's commit interval (see `group_lag`). Seconds are a lower bound
+    when the watch starts while the group is already behind: offsets older than the first
+    look get the first look's time, so that figure grows from zero; records are exact.
     """
 
     def __init__(
@@ -102,11 +124,13 @@ class DownstreamWatch:
         interval_s: float = 1.0,
         timeout_s: float = 5.0,
         stale_after_s: float = 15.0,
+        grace_s: float = 1.0,
     ) -> None:
         self.stage, self.topic, self.group = stage, topic, group
         self.interval_s = interval_s
         self.timeout_s = timeout_s
         self.stale_after_s = stale_after_s
+        self.grace_s = grace_s
         self._lag = Lag(0, 0.0)
         self._measured_at = 0.0  # monotonic
         self._admin = AdminClient(kafka.client_config())
@@ -126,17 +150,20 @@ class DownstreamWatch:
                 await self.poll_once()
             except Exception as exc:  # noqa: BLE001 - the watch outlives any one failed look
                 log.warning("next stage's lag unknown", extra={"fields": {"group": self.group, "error": str(exc)}})
+                if self.lag() == Lag(0, 0.0):  # stale: the gauges say what shedding goes by
+                    self._records.set(0)
+                    self._seconds.set(0)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.interval_s)
 
     async def poll_once(self) -> Lag:
         partitions = await self._partitions()
         highs = await self._highs(partitions)
-        now = time.time()
+        now = time.monotonic()
         for partition, high in highs.items():
             self._clocks.setdefault(partition, WriteClock()).observe(high, now)
         committed = await self._committed(partitions)
-        self._lag = group_lag(highs, committed, self._clocks, now)
+        self._lag = group_lag(committed, self._clocks, now, self.grace_s)
         self._measured_at = time.monotonic()
         self._records.set(self._lag.records)
         self._seconds.set(self._lag.seconds)

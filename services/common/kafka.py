@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 
 Headers = Sequence[tuple[str, bytes]]
 
+#: how often consumers commit the offsets the stream loop stored; a group's lag as read from
+#: its commits is up to this much behind its real position (services/common/downstream.py)
+AUTO_COMMIT_INTERVAL_S = 1.0
+
 
 class DeliveryError(RuntimeError):
     """The broker did not take a record."""
@@ -132,7 +136,7 @@ def consumer_config(
         # librdkafka then commits the stored offsets in the background and on rebalance.
         "enable.auto.commit": True,
         "enable.auto.offset.store": False,
-        "auto.commit.interval.ms": 1000,
+        "auto.commit.interval.ms": int(AUTO_COMMIT_INTERVAL_S * 1000),
         # One fetch round trip brings at most this much per partition; librdkafka's 1 MB default
         # is a handful of raw-pixel `images` records (150 KB each), which made the round trip,
         # not the work, the classifier's limit.

@@ -41,12 +41,14 @@ CONSUMER_LAG_SECONDS = Gauge(
 )
 DOWNSTREAM_LAG = Gauge(
     "tagstream_downstream_lag_records",
-    "Records the next stage's consumer group has not committed yet on this stage's output topic.",
+    "Records on this stage's output topic that the next stage's group (label group) has not committed, "
+    "written more than one commit interval ago.",
     ["stage", "topic", "group"],
 )
 DOWNSTREAM_LAG_SECONDS = Gauge(
     "tagstream_downstream_lag_seconds",
-    "Age of the oldest record the next stage's group has not committed yet (worst partition).",
+    "Age of the oldest record the next stage's group (label group) has not committed, less one commit "
+    "interval (worst partition).",
     ["stage", "topic", "group"],
 )
 SHED = Counter(

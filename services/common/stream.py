@@ -21,7 +21,7 @@ from confluent_kafka.aio import AIOConsumer
 from . import metrics
 from .avro import AvroDecodeError, Codec
 from .downstream import DownstreamWatch
-from .kafka import AsyncProducer, Headers, consumer_config, new_consumer, producer_config
+from .kafka import AUTO_COMMIT_INTERVAL_S, AsyncProducer, Headers, consumer_config, new_consumer, producer_config
 from .offsets import PartitionOffsets
 from .runtime import Runtime
 from .settings import StreamSettings
@@ -138,7 +138,9 @@ class StreamLoop:
         settings = self.settings
         if not (self.shedding.levels and settings.downstream_group and settings.output_topic):
             return None
-        self._downstream = DownstreamWatch(settings.kafka, self.stage, settings.output_topic, settings.downstream_group)
+        self._downstream = DownstreamWatch(
+            settings.kafka, self.stage, settings.output_topic, settings.downstream_group, grace_s=AUTO_COMMIT_INTERVAL_S
+        )
         return asyncio.create_task(self._downstream.run(stop))
 
     async def _wait_for_room(self, consumer: AIOConsumer, stop: asyncio.Event) -> None:

@@ -192,7 +192,7 @@ def test_the_watch_reads_a_groups_lag_from_its_commits_and_the_watermarks(kafka:
     (topic,) = fresh_topics("downstream", partitions=1)
     group = f"test-next-{uuid.uuid4().hex[:8]}"
     pixels = photo_pixels(1)[0]
-    watch = DownstreamWatch(KafkaSettings(), "test", topic, group, stale_after_s=2.0)
+    watch = DownstreamWatch(KafkaSettings(), "test", topic, group, stale_after_s=2.0, grace_s=0.0)
 
     async def scenario() -> list[Lag]:
         produce(topic, [image_record(str(i), pixels) for i in range(10)])

@@ -49,18 +49,38 @@ def test_samples_are_bounded() -> None:
     assert c.written_at(0) == 7.0  # older samples are gone: the oldest kept is (70, 7.0)
 
 
+def test_the_watermark_at_a_time_is_interpolated_between_samples() -> None:
+    c = clock((0, 100.0), (10, 110.0), (10, 200.0), (20, 210.0))
+    assert c.high_at(99.0) is None
+    assert c.high_at(105.0) == 5
+    assert c.high_at(150.0) == 10  # it stood still from 110 to 200
+    assert c.high_at(205.0) == 15
+    assert c.high_at(999.0) == 20
+
+
 def test_group_lag_sums_records_and_takes_the_oldest_unread_record() -> None:
     clocks = {0: clock((0, 100.0), (10, 110.0)), 1: clock((0, 100.0), (10, 110.0))}
-    lag = group_lag(highs={0: 10, 1: 10}, committed={0: 4, 1: 10}, clocks=clocks, now=120.0)
+    lag = group_lag(committed={0: 4, 1: 10}, clocks=clocks, now=120.0)
     assert lag.records == 6
     assert lag.seconds == pytest.approx(15.0)
 
 
+def test_what_was_written_within_the_grace_is_not_counted_behind() -> None:
+    # 100 records a second; the group committed offset 950 a moment ago, as a group that
+    # keeps up and commits every second does: 50 records written in the last half second.
+    clocks = {0: clock((0, 100.0), (1000, 110.0))}
+    assert group_lag(committed={0: 950}, clocks=clocks, now=110.0, grace_s=1.0) == Lag(0, 0.0)
+    assert group_lag(committed={0: 950}, clocks=clocks, now=110.0).records == 50
+    behind = group_lag(committed={0: 500}, clocks=clocks, now=110.0, grace_s=1.0)
+    assert behind.records == 400  # written before 109 s and not committed
+    assert behind.seconds == pytest.approx(110.0 - 105.01 - 1.0)
+
+
 def test_a_partition_the_group_never_committed_is_left_out() -> None:
     clocks = {0: clock((0, 100.0), (10, 110.0))}
-    assert group_lag(highs={0: 10}, committed={}, clocks=clocks, now=120.0) == Lag(0, 0.0)
+    assert group_lag(committed={}, clocks=clocks, now=120.0) == Lag(0, 0.0)
 
 
 def test_a_group_that_is_caught_up_has_no_lag() -> None:
     clocks = {0: clock((0, 100.0), (10, 110.0))}
-    assert group_lag(highs={0: 10}, committed={0: 10}, clocks=clocks, now=500.0) == Lag(0, 0.0)
+    assert group_lag(committed={0: 10}, clocks=clocks, now=500.0) == Lag(0, 0.0)
