@@ -26,6 +26,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.stack import cpu_seconds
 from services.common.stream import Output
 from services.fetcher.fetch import Fetcher
 from services.fetcher.pipeline import ImagePipeline
@@ -69,24 +70,10 @@ async def run_posts(pipeline: ImagePipeline, posts: list[dict[str, Any]], in_fli
     return outcomes
 
 
-def cpu_seconds() -> float:
+def process_cpu_seconds() -> float:
     """CPU time of this process and of its live children (the decode workers of a process pool)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    ticks = sum(_cpu_ticks(child.pid) for child in multiprocessing.active_children() if child.pid)
-    return usage.ru_utime + usage.ru_stime + ticks / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _cpu_ticks(pid: int) -> int:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0
-    return int(fields[11]) + int(fields[12])  # utime, stime
+    children = tuple(child.pid for child in multiprocessing.active_children() if child.pid)
+    return cpu_seconds(pids=(os.getpid(), *children))
 
 
 async def throughput(port: int, delay_ms: int, images: int, pool_kind: str, workers: int | None) -> dict[str, Any]:
@@ -100,11 +87,12 @@ async def throughput(port: int, delay_ms: int, images: int, pool_kind: str, work
             warm_up = [post(n, f"{base}/{n}") for n in range(-4 * settings.decode_workers, 0)]
             await run_posts(pipeline, warm_up, settings.max_in_flight)
             posts = [post(n, f"{base}/{n}") for n in range(images)]
-            cpu_before, own_before = cpu_seconds(), own_cpu_seconds()
+            cpu_before, own_before = process_cpu_seconds(), cpu_seconds(pids=(os.getpid(),))
             started = time.perf_counter()
             outcomes = await run_posts(pipeline, posts, settings.max_in_flight)
             elapsed = time.perf_counter() - started
-            cpu, own = cpu_seconds() - cpu_before, own_cpu_seconds() - own_before
+            cpu = process_cpu_seconds() - cpu_before
+            own = cpu_seconds(pids=(os.getpid(),)) - own_before
     return {
         "images": images,
         "seconds": round(elapsed, 3),

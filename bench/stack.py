@@ -42,17 +42,29 @@ KAFKA_PROCESSES = ("kafka.Kafka",)
 def cpu_seconds(patterns: tuple[str, ...] = (), pids: tuple[int, ...] = ()) -> float:
     """User + system CPU seconds used so far by the processes `pids` and by every process whose
     command line contains one of `patterns`."""
-    ticks = 0
+    chosen = set(pids) | set(_matching(patterns))
+    return sum(_cpu_ticks(pid) for pid in chosen) / os.sysconf("SC_CLK_TCK")
+
+
+def _matching(patterns: tuple[str, ...]) -> list[int]:
+    if not patterns:
+        return []
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            if int(entry.name) not in pids:
-                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                if not any(p in command for p in patterns):
-                    continue
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:  # gone meanwhile
             continue
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+        if any(p in command for p in patterns):
+            found.append(int(entry.name))
+    return found
+
+
+def _cpu_ticks(pid: int) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # gone meanwhile
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime, stime

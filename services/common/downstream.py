@@ -139,9 +139,10 @@ class DownstreamWatch:
         self._seconds = metrics.DOWNSTREAM_LAG_SECONDS.labels(stage, topic, group)
 
     def lag(self) -> Lag:
-        if time.monotonic() - self._measured_at > self.stale_after_s:
-            return Lag(0, 0.0)
-        return self._lag
+        return Lag(0, 0.0) if self._stale() else self._lag
+
+    def _stale(self) -> bool:
+        return time.monotonic() - self._measured_at > self.stale_after_s
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("watching the next stage's lag", extra={"fields": {"topic": self.topic, "group": self.group}})
@@ -150,7 +151,7 @@ class DownstreamWatch:
                 await self.poll_once()
             except Exception as exc:  # noqa: BLE001 - the watch outlives any one failed look
                 log.warning("next stage's lag unknown", extra={"fields": {"group": self.group, "error": str(exc)}})
-                if self.lag() == Lag(0, 0.0):  # stale: the gauges say what shedding goes by
+                if self._stale():  # the gauges say what shedding goes by
                     self._records.set(0)
                     self._seconds.set(0)
             with contextlib.suppress(TimeoutError):

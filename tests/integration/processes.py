@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -35,6 +35,15 @@ def fresh_topics(*names: str, partitions: int = 3) -> list[str]:
     unique = [f"test-{name}-{uuid.uuid4().hex[:8]}" for name in names]
     ensure_topics(KafkaSettings(), [TopicSpec(name, partitions) for name in unique])
     return unique
+
+
+def wait_until(what: str, check: Callable[[], bool], timeout_s: float, every_s: float = 0.5) -> None:
+    """Poll `check` every `every_s` until it holds; fail the test after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for: {what}")
+        time.sleep(every_s)
 
 
 def wait_http(url: str, timeout_s: float, process: subprocess.Popen[bytes] | None = None) -> None:

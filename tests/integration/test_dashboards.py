@@ -15,7 +15,7 @@ import os
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from tests.unit.test_dashboards import all_queries, concrete, metric_names, need
 from tools import demo_data
 
 from .conftest import ROOT
-from .processes import free_port, service
+from .processes import free_port, service, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -57,18 +57,10 @@ def scalar(query: str) -> float:
     return float(result[0]["value"][1]) if result else 0.0
 
 
-def wait_until(what: str, check: Callable[[], bool], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for: {what}")
-        time.sleep(1)
-
-
 @pytest.fixture(scope="module")
 def prometheus(stack: None) -> str:
     """The stack's Prometheus (scripts/stack.sh up starts it), ready."""
-    wait_until("Prometheus ready", _ready, 60)
+    wait_until("Prometheus ready", _ready, 60, every_s=1)
     return PROMETHEUS
 
 
@@ -135,11 +127,16 @@ def test_every_panel_query_returns_data_during_a_replay(prometheus: str, tmp_pat
         "X_BEARER_TOKEN": "",
     }
     with registered(port) as instance, service("ingest", env, tmp_path / "ingest.log", port):
-        wait_until(f"Prometheus scraping {instance}", lambda: target_up(instance), 60)
+        wait_until(f"Prometheus scraping {instance}", lambda: target_up(instance), 60, every_s=1)
         ingested = f'sum(tagstream_records_produced_total{{stage="ingest", instance="{instance}"}})'
-        wait_until("ingest's replay in Prometheus", lambda: scalar(ingested) == len(with_media), 120)
-        wait_until("the classifier's predictions", lambda: scalar(classified) - classified_before >= good_images, 300)
-        wait_until("the sink's records", lambda: scalar(stored) - stored_before >= good_images, 120)
+        wait_until("ingest's replay in Prometheus", lambda: scalar(ingested) == len(with_media), 120, every_s=1)
+        wait_until(
+            "the classifier's predictions",
+            lambda: scalar(classified) - classified_before >= good_images,
+            300,
+            every_s=1,
+        )
+        wait_until("the sink's records", lambda: scalar(stored) - stored_before >= good_images, 120, every_s=1)
         time.sleep(2 * SCRAPE_INTERVAL_S)  # every target scraped again since the last record
 
         empty: list[str] = []

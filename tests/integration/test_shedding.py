@@ -8,7 +8,6 @@ import json
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from services.common.kafka import TopicSpec, ensure_topics
 from services.common.settings import KafkaSettings
 from services.common.shedding import Lag
 
-from .processes import free_port, fresh_topics, service
+from .processes import free_port, fresh_topics, service, wait_until
 from .test_classifier import consume, image_record, photo_pixels, produce
 from .test_gallery import ImageServer
 
@@ -66,14 +65,6 @@ def committed_offsets(group: str, topic: str, until: float, expected: int) -> in
             time.sleep(0.5)
     finally:
         consumer.close()
-
-
-def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout_s} s for {what}")
-        time.sleep(0.3)
 
 
 def high_watermarks(topic: str, partitions: int = 3) -> dict[int, int]:
@@ -237,19 +228,23 @@ def test_a_fetcher_sheds_before_fetching_what_its_lagging_next_stage_would_shed(
         "FETCHER_SHED_MIN_DWELL_S": "1",
     }
     with ImageServer() as server, service("fetcher", env, tmp_path / "fetcher.log", port):
-        wait_for(lambda: metric(port, "tagstream_shed_level", 'stage="fetcher"') == 1, "the fetcher to shed")
+        wait_until("the fetcher to shed", lambda: metric(port, "tagstream_shed_level", 'stage="fetcher"') == 1, 60)
         posts = [tweet_record(50_000 + i, f"{server.origin}/{i % 8}.png?post={i}", HIGH if i % 4 == 0 else LOW)
                  for i in range(20)]  # fmt: skip
         produce(tweets, posts, codec=TWEETS)
         high = {p["tweet_id"] for p in posts if p["priority"] == HIGH}
         low = {p["tweet_id"] for p in posts} - high
         fetched = consume(images, expected=len(backlog) + len(high), timeout_s=60, codec=IMAGES)
-        wait_for(lambda: metric(port, "tagstream_records_shed_total", f'priority="{LOW}"') == len(low), "the drops")
+        wait_until(
+            "the drops", lambda: metric(port, "tagstream_records_shed_total", f'priority="{LOW}"') == len(low), 60
+        )
         shed_requests = [path for path in server.requested if int(path.rsplit("=", 1)[1]) % 4 != 0]
 
         # The next stage catches up: after the dwell time the fetcher fetches low priority again.
         commit(next_stage, images, high_watermarks(images))
-        wait_for(lambda: metric(port, "tagstream_shed_level", 'stage="fetcher"') == 0, "the fetcher to stop shedding")
+        wait_until(
+            "the fetcher to stop shedding", lambda: metric(port, "tagstream_shed_level", 'stage="fetcher"') == 0, 60
+        )
         later = [tweet_record(60_000 + i, f"{server.origin}/{i % 8}.png?post=later{i}", LOW) for i in range(5)]
         produce(tweets, later, codec=TWEETS)
         fetched = consume(images, expected=len(backlog) + len(high) + len(later), timeout_s=60, codec=IMAGES)
