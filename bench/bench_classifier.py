@@ -205,12 +205,19 @@ def run() -> list[Figure]:
                 pipeline_runs.append(rate)
                 pipeline_cpu.append(cpu)
             alone, pipeline = statistics.median(alone_runs), statistics.median(pipeline_runs)
+            alone_parts = _with_bound(_median_parts(alone_cpu))
+            pipeline_parts = _with_bound(_median_parts(pipeline_cpu))
             results[model] = {
                 "alone": alone, "pipeline": pipeline, "n": n, "batch": batch, "in_flight": in_flight,
                 "alone_runs": alone_runs, "pipeline_runs": pipeline_runs,
                 "cpu_ms_per_image": _median_parts(pipeline_cpu)["classifier"],
-                "cpu_ms_per_image_alone": _with_bound(_median_parts(alone_cpu)),
-                "cpu_ms_per_image_pipeline": _with_bound(_median_parts(pipeline_cpu)),
+                "cpu_ms_per_image_alone": alone_parts,
+                "cpu_ms_per_image_pipeline": pipeline_parts,
+                # The ratio the two sides' CPU per image allows when both are CPU-bound on these
+                # cores: the pipeline also feeds the broker and runs Kafka and Avro on them.
+                "efficiency_ceiling_on_this_machine": round(
+                    pipeline_parts["cpu_bound_images_per_s"] / alone_parts["cpu_bound_images_per_s"], 3
+                ),
             }  # fmt: skip
             print(f"{model}: Triton alone {alone_runs}/s, classifier {pipeline_runs}/s", flush=True)
         noop = results["noop"]
