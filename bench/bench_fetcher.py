@@ -1,9 +1,11 @@
 """The fetcher against a loopback image server: speed-up over a sequential loop, share of the
 machine's decode bound it reaches, and peak memory under slow and oversized responses.
 
-Three processes: this one (the image set, the decode bound, the sequential baseline), the image
-server (`bench/fetcher_server.py`), and one fetcher process per load (`bench/fetcher_load.py`),
-which runs the service's own `ImagePipeline.handle` over a `Fetcher` and its decode pool.
+This process (the image set, the decode bound, the sequential baseline), the image server
+(`bench/fetcher_server.py`), and fetcher processes (`bench/fetcher_load.py`), which run the
+service's own `ImagePipeline.handle` over a `Fetcher` and its decode pool: one per core with one
+decode thread each for the headline figures (the deployed shape), and for comparison one
+process with a thread, or a process, per core.
 Images: photos drawn by `tools/demo_data.py`, 1200x800, ten JPEGs (quality 88) for each PNG and
 each WebP (quality 85); every request is a distinct URL, so the fetcher's cache never hits.
 """
@@ -46,21 +48,25 @@ def run() -> list[Figure]:
         files = write_photos(Path(tmp))
         mix = describe(files)
         with image_server(Path(tmp)) as port:
-            bound_before = decode_bound(files, settings)
             sequential = sequential_loop(port, DELAY_MS, SEQUENTIAL_IMAGES, settings)
-            delayed = fetcher_load(
-                "throughput", "--port", str(port), "--delay-ms", str(DELAY_MS), "--images", str(IMAGES)
+            delayed = fetcher_per_core(port, DELAY_MS, IMAGES)
+            # The bound is measured right before and right after the run it is compared with:
+            # this machine's speed drifts by 10-20 % within minutes.
+            bound_before = decode_bound(files, settings)
+            fast = fetcher_per_core(port, 0, IMAGES)
+            bound_after = decode_bound(files, settings)
+            fast_one_process = fetcher_load(
+                "throughput", "--port", str(port), "--delay-ms", "0", "--images", str(IMAGES)
             )
-            fast = fetcher_load("throughput", "--port", str(port), "--delay-ms", "0", "--images", str(IMAGES))
             fast_processes = fetcher_load(
                 "throughput", "--port", str(port), "--delay-ms", "0", "--images", str(IMAGES), "--pool", "process"
             )
-            bound_after = decode_bound(files, settings)
             memory = fetcher_load(
                 "memory", "--port", str(port), "--slow", str(SLOW), "--oversized", str(OVERSIZED),
                 "--images", str(MEMORY_IMAGES),
             )  # fmt: skip
-    bound = max(bound_before["bound_images_per_s"], bound_after["bound_images_per_s"])
+    bound = (bound_before["bound_images_per_s"] + bound_after["bound_images_per_s"]) / 2
+    higher_bound = max(bound_before["bound_images_per_s"], bound_after["bound_images_per_s"])
     return [
         Figure(
             "fetcher_speedup_vs_sequential",
@@ -69,10 +75,10 @@ def run() -> list[Figure]:
             "≥ 50",
             {
                 "measured": (
-                    f"fetcher images/s (ImagePipeline.handle: download, decode, resize, Avro record; "
-                    f"default settings, 2 decode threads) ÷ a sequential loop (requests.Session.get, then the "
-                    f"same to_model_input), both against the loopback server answering each request after "
-                    f"{DELAY_MS} ms"
+                    f"fetcher images/s (ImagePipeline.handle: download, decode, resize, Avro record; one "
+                    f"process per core with one decode thread each, as deploy/k8s runs it) ÷ a sequential "
+                    f"loop (requests.Session.get, then the same to_model_input), both against the loopback "
+                    f"server answering each request after {DELAY_MS} ms"
                 ),
                 "fetcher": delayed,
                 "sequential": sequential,
@@ -88,12 +94,15 @@ def run() -> list[Figure]:
             "≥ 0.8",
             {
                 "measured": (
-                    "fetcher images/s with no server delay ÷ decode bound; decode bound = single-thread "
-                    "to_model_input images/s (reduced-scale JPEG decode, resize, crop) over the same files, "
-                    "times the cores, measured before and after the fetcher runs (the higher is used)"
+                    "fetcher images/s with no server delay (one process per core, one decode thread each, as "
+                    "deploy/k8s runs it) ÷ decode bound; decode bound = single-thread to_model_input images/s "
+                    "(reduced-scale JPEG decode, resize, crop) over the same files, times the cores, the mean "
+                    "of its measurements right before and right after the fetcher run"
                 ),
                 "fetcher": fast,
-                "fetcher_with_decode_processes": fast_processes,
+                "efficiency_against_the_higher_bound": round(fast["images_per_s"] / higher_bound, 3),
+                "fetcher_one_process_decode_threads": fast_one_process,
+                "fetcher_one_process_decode_processes": fast_processes,
                 "decode_bound_before": bound_before,
                 "decode_bound_after": bound_after,
                 "note": (
@@ -178,14 +187,50 @@ def sequential_loop(port: int, delay_ms: int, count: int, settings: FetcherSetti
     return {"images": count, "seconds": round(elapsed, 3), "images_per_s": round(count / elapsed, 2)}
 
 
+def fetcher_per_core(port: int, delay_ms: int, images: int) -> dict[str, Any]:
+    """One fetcher process per core, one decode thread each, timing the same window: a
+    process's decode threads share one interpreter lock, so a process per core is how the
+    fetcher is deployed (deploy/k8s: one CPU per replica) and how it reaches the cores."""
+    cores = os.cpu_count() or 1
+    start_at = time.time() + 5.0  # after every process has imported and warmed up
+    args = ("throughput", "--port", str(port), "--delay-ms", str(delay_ms), "--images", str(images // cores))
+    runs = fetcher_loads([[*args, "--workers", "1", "--start-at", str(start_at)] for _ in range(cores)])
+    ok = sum(run["outcomes"].get("ok", 0) for run in runs)
+    seconds = max(run["ended_at"] for run in runs) - min(run["started_at"] for run in runs)
+    return {
+        "processes": cores,
+        "decode_threads_each": 1,
+        "images": sum(run["images"] for run in runs),
+        "seconds": round(seconds, 3),
+        "images_per_s": round(ok / seconds, 1),
+        "cpu_ms_per_image": round(sum(run["cpu_ms_per_image"] * run["outcomes"].get("ok", 0) for run in runs) / ok, 2),
+        "images_per_s_each": [run["images_per_s"] for run in runs],
+    }
+
+
 def fetcher_load(*args: str) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.fetcher_load", *args], cwd=ROOT, capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"fetcher load {args} failed: {done.stderr[-2000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    return fetcher_loads([list(args)])[0]
+
+
+def fetcher_loads(arg_lists: list[list[str]]) -> list[dict[str, Any]]:
+    """Run one fetcher load process per argument list, all at once; their figures."""
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "bench.fetcher_load", *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args in arg_lists
+    ]
+    results = []
+    for args, process in zip(arg_lists, processes, strict=True):
+        stdout, stderr = process.communicate()
+        if process.returncode != 0:
+            raise RuntimeError(f"fetcher load {args} failed: {stderr[-2000:]}")
+        results.append(json.loads(stdout.strip().splitlines()[-1]))
+    return results
 
 
 @contextmanager

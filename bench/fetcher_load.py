@@ -1,6 +1,7 @@
 """One fetcher process under one load, for the fetcher benchmark; prints its figures as JSON.
 
     python -m bench.fetcher_load throughput --port P --delay-ms 50 --images 1500 [--pool thread|process]
+        [--workers N] [--start-at T]
     python -m bench.fetcher_load memory --port P --slow 500 --oversized 40 --images 400
 
 Both drive the service's own code, `ImagePipeline.handle` over a `Fetcher` and a decode pool,
@@ -76,7 +77,11 @@ def process_cpu_seconds() -> float:
     return cpu_seconds(pids=(os.getpid(), *children))
 
 
-async def throughput(port: int, delay_ms: int, images: int, pool_kind: str, workers: int | None) -> dict[str, Any]:
+async def throughput(
+    port: int, delay_ms: int, images: int, pool_kind: str, workers: int | None, start_at: float = 0.0
+) -> dict[str, Any]:
+    """Images/s of the pipeline; with `start_at` (a wall-clock time), the timed part waits for
+    it after the warm-up, so several processes measure the same window."""
     settings = FetcherSettings(allow_private_networks=True)  # local mode: the image server is on loopback
     if workers:
         settings.decode_workers = workers
@@ -87,16 +92,21 @@ async def throughput(port: int, delay_ms: int, images: int, pool_kind: str, work
             warm_up = [post(n, f"{base}/{n}") for n in range(-4 * settings.decode_workers, 0)]
             await run_posts(pipeline, warm_up, settings.max_in_flight)
             posts = [post(n, f"{base}/{n}") for n in range(images)]
+            await asyncio.sleep(max(0.0, start_at - time.time()))
+            started_at = time.time()
             cpu_before, own_before = process_cpu_seconds(), cpu_seconds(pids=(os.getpid(),))
             started = time.perf_counter()
             outcomes = await run_posts(pipeline, posts, settings.max_in_flight)
             elapsed = time.perf_counter() - started
+            ended_at = time.time()
             cpu = process_cpu_seconds() - cpu_before
             own = cpu_seconds(pids=(os.getpid(),)) - own_before
     return {
         "images": images,
         "seconds": round(elapsed, 3),
         "images_per_s": round(outcomes["ok"] / elapsed, 1),
+        "started_at": started_at,
+        "ended_at": ended_at,
         "outcomes": dict(outcomes),
         "cpu_seconds_per_wall_second": round(cpu / elapsed, 2),
         "cpu_ms_per_image": round(1000 * cpu / max(outcomes["ok"], 1), 2),
@@ -190,6 +200,7 @@ def main() -> None:
     fast.add_argument("--images", type=int, default=1500)
     fast.add_argument("--pool", choices=["thread", "process"], default="thread")
     fast.add_argument("--workers", type=int, default=None, help="decode workers (default: FETCHER_DECODE_WORKERS)")
+    fast.add_argument("--start-at", type=float, default=0.0, help="wall-clock time to start the timed part at")
     mem = sub.add_parser("memory")
     mem.add_argument("--port", type=int, required=True)
     mem.add_argument("--slow", type=int, default=500)
@@ -197,7 +208,7 @@ def main() -> None:
     mem.add_argument("--images", type=int, default=400)
     args = parser.parse_args()
     if args.load == "throughput":
-        result = asyncio.run(throughput(args.port, args.delay_ms, args.images, args.pool, args.workers))
+        result = asyncio.run(throughput(args.port, args.delay_ms, args.images, args.pool, args.workers, args.start_at))
     else:
         result = asyncio.run(memory(args.port, args.slow, args.oversized, args.images))
     print(json.dumps(result))

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from services.common.cpus import available_cpus
 from services.common.settings import StreamSettings
 
 
@@ -30,6 +30,6 @@ class ClassifierSettings(StreamSettings):
     max_requests_in_flight: int = 2
     request_timeout_s: float = 30.0
     #: threads decoding JPEG-encoded pixels (raw pixels need none)
-    decode_workers: int = Field(default_factory=lambda: os.cpu_count() or 1)
+    decode_workers: int = Field(default_factory=available_cpus, ge=1)
     #: class → hashtag mapping with per-class thresholds; default: the file shipped with the package
     hashtags_file: Path | None = None

@@ -5,16 +5,16 @@ Downloads run on the event loop; decoding runs in a pool of `FETCHER_DECODE_WORK
 The same URL is downloaded and decoded once while its result is fresh, and concurrent
 requests for it share that one download (`ResultCache`).
 
-Threads, not processes, decode. Measured on the 2-core development machine, through this
-pipeline against a loopback server (`bench/fetcher_load.py`, 800 distinct 1200x800 photos,
-20 JPEG : 2 PNG : 2 WebP, four interleaved rounds): 2 decode threads gave 141-164 images/s using
-about 1.6 cores and 10.0-11.4 ms of CPU per image; 2 decode processes 160-168 images/s using
-about 1.8 cores but 10.8-11.4 ms per image. Pillow releases the GIL while it decodes JPEG and
-resizes, not through the whole of a PNG or WebP decode, which is what keeps threads from the
-last fifth of a core; processes win that back but pay it again pickling every body and every
-result across, and each worker interpreter peaks at about 75 MB, which would take the fetcher
-past its 300 MB memory goal. A few percent of throughput do not pay for that; more throughput
-comes from more partitions and replicas. (The benchmark measures both pools in every run.)
+Threads, not processes, decode, and one process per core is the deployed shape. Pillow releases
+the GIL while it decodes and resizes, but not while it allocates an image, encodes the wire JPEG
+or runs its Python between chunks; with the event loop's own Python that is most of the lock's
+time, so two decode threads in one process keep only about 1.6 of 2 cores busy. A pool of decode
+processes wins that back but pays it again pickling every body and every result across, and
+each worker interpreter peaks at about 75 MB. One process per core with one decode thread each
+has neither cost: measured side by side (`bench/bench_fetcher.py`, 1500 distinct 1200x800
+photos, 20 JPEG : 2 PNG : 2 WebP, no server delay), two such processes did 230 images/s where
+one process with two threads did 186 and one with two decode processes 180. So deploy/k8s gives
+a replica one CPU, and the decode pool follows the container's CPU limit (`services/common/cpus.py`).
 """
 
 from __future__ import annotations

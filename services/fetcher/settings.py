@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.common.cpus import available_cpus
 from services.common.settings import StreamSettings
 
 
@@ -51,7 +51,7 @@ class FetcherSettings(StreamSettings):
     image_size: int = Field(default=224, ge=1)
     #: pixels in `images`: a quality-90 JPEG (about 1/20 of the bytes; bench/README.md) or raw RGB
     image_encoding: Literal["jpeg", "raw"] = "jpeg"
-    decode_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    decode_workers: int = Field(default_factory=available_cpus, ge=1)
     user_agent: str = "tagstream-fetcher/0.1"
 
     @model_validator(mode="after")
