@@ -34,6 +34,7 @@ from tools.demo_data import photo
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = 24
 DELAY_MS = 50
+EFFICIENCY_ROUNDS = 3
 IMAGES = 1500
 SEQUENTIAL_IMAGES = 48
 SLOW = 500
@@ -50,11 +51,13 @@ def run() -> list[Figure]:
         with image_server(Path(tmp)) as port:
             sequential = sequential_loop(port, DELAY_MS, SEQUENTIAL_IMAGES, settings)
             delayed = fetcher_per_core(port, DELAY_MS, IMAGES)
-            # The bound is measured right before and right after the run it is compared with:
-            # this machine's speed drifts by 10-20 % within minutes.
-            bound_before = decode_bound(files, settings)
-            fast = fetcher_per_core(port, 0, IMAGES)
-            bound_after = decode_bound(files, settings)
+            # Each run is compared with the bound measured right before and right after it (this
+            # machine's speed drifts by 10-20 % within minutes); the median of the rounds is kept.
+            bounds = [decode_bound(files, settings)]
+            fast_runs = []
+            for _ in range(EFFICIENCY_ROUNDS):
+                fast_runs.append(fetcher_per_core(port, 0, IMAGES))
+                bounds.append(decode_bound(files, settings))
             fast_one_process = fetcher_load(
                 "throughput", "--port", str(port), "--delay-ms", "0", "--images", str(IMAGES)
             )
@@ -65,8 +68,21 @@ def run() -> list[Figure]:
                 "memory", "--port", str(port), "--slow", str(SLOW), "--oversized", str(OVERSIZED),
                 "--images", str(MEMORY_IMAGES),
             )  # fmt: skip
-    bound = (bound_before["bound_images_per_s"] + bound_after["bound_images_per_s"]) / 2
-    higher_bound = max(bound_before["bound_images_per_s"], bound_after["bound_images_per_s"])
+    rounds = [
+        {
+            "fetcher_images_per_s": run["images_per_s"],
+            "bound_images_per_s": (before["bound_images_per_s"] + after["bound_images_per_s"]) / 2,
+            "efficiency": round(
+                2 * run["images_per_s"] / (before["bound_images_per_s"] + after["bound_images_per_s"]), 3
+            ),
+            "efficiency_against_the_higher_bound": round(
+                run["images_per_s"] / max(before["bound_images_per_s"], after["bound_images_per_s"]), 3
+            ),
+        }
+        for run, before, after in zip(fast_runs, bounds, bounds[1:], strict=False)
+    ]
+    middle = sorted(range(len(rounds)), key=lambda i: rounds[i]["efficiency"])[len(rounds) // 2]
+    fast, bound = fast_runs[middle], rounds[middle]["bound_images_per_s"]
     return [
         Figure(
             "fetcher_speedup_vs_sequential",
@@ -89,7 +105,7 @@ def run() -> list[Figure]:
         ),
         Figure(
             "fetcher_decode_efficiency",
-            round(fast["images_per_s"] / bound, 3),
+            rounds[middle]["efficiency"],
             "ratio",
             "≥ 0.8",
             {
@@ -97,14 +113,15 @@ def run() -> list[Figure]:
                     "fetcher images/s with no server delay (one process per core, one decode thread each, as "
                     "deploy/k8s runs it) ÷ decode bound; decode bound = single-thread to_model_input images/s "
                     "(reduced-scale JPEG decode, resize, crop) over the same files, times the cores, the mean "
-                    "of its measurements right before and right after the fetcher run"
+                    "of its measurements right before and right after the fetcher run; the median of "
+                    f"{EFFICIENCY_ROUNDS} such rounds"
                 ),
                 "fetcher": fast,
-                "efficiency_against_the_higher_bound": round(fast["images_per_s"] / higher_bound, 3),
+                "decode_bound_images_per_s": bound,
+                "rounds": rounds,
+                "decode_bounds": bounds,
                 "fetcher_one_process_decode_threads": fast_one_process,
                 "fetcher_one_process_decode_processes": fast_processes,
-                "decode_bound_before": bound_before,
-                "decode_bound_after": bound_after,
                 "note": (
                     "the loopback server runs on the same cores, and the bound assumes every core decodes "
                     "all the time with nothing else to do"
