@@ -12,8 +12,9 @@ time, so two decode threads in one process keep only about 1.6 of 2 cores busy. 
 processes wins that back but pays it again pickling every body and every result across, and
 each worker interpreter peaks at about 75 MB. One process per core with one decode thread each
 has neither cost: measured side by side (`bench/bench_fetcher.py`, 1500 distinct 1200x800
-photos, 20 JPEG : 2 PNG : 2 WebP, no server delay), two such processes did 230 images/s where
-one process with two threads did 186 and one with two decode processes 180. So deploy/k8s gives
+photos, 20 JPEG : 2 PNG : 2 WebP, no server delay), two such processes did 14-25 % more than
+one process with two threads in every run (236 vs 191 images/s in one), and 5-25 % more than
+one process with two decode processes. So deploy/k8s gives
 a replica one CPU, and the decode pool follows the container's CPU limit (`services/common/cpus.py`).
 """
 
