@@ -28,6 +28,7 @@ from confluent_kafka import Consumer, Producer
 
 from services.common import pixels
 from services.common.avro import IMAGES, PREDICTIONS
+from services.common.cpus import available_cpus
 from services.common.kafka import TopicSpec, ensure_topics
 from services.common.settings import KafkaSettings
 from services.fetcher.imaging import to_model_input
@@ -155,7 +156,7 @@ def _with_bound(parts: dict[str, float]) -> dict[str, float]:
     """The parts' CPU ms per image, and the images/s this machine's cores would allow if they
     did nothing else (cores * 1000 / the sum): what the two rates compared can reach at most."""
     total = sum(parts.values())
-    return parts | {"total": round(total, 3), "cpu_bound_images_per_s": round((os.cpu_count() or 1) * 1000 / total)}
+    return parts | {"total": round(total, 3), "cpu_bound_images_per_s": round(available_cpus() * 1000 / total)}
 
 
 def _classify_stamps(topic: str, n: int, timeout_s: float, pid: int) -> tuple[list[int], dict[str, float]]:
@@ -215,9 +216,7 @@ def run() -> list[Figure]:
                 "cpu_ms_per_image_pipeline": pipeline_parts,
                 # The ratio the two sides' CPU per image allows when both are CPU-bound on these
                 # cores: the pipeline also feeds the broker and runs Kafka and Avro on them.
-                "efficiency_ceiling_on_this_machine": round(
-                    pipeline_parts["cpu_bound_images_per_s"] / alone_parts["cpu_bound_images_per_s"], 3
-                ),
+                "efficiency_ceiling_on_this_machine": round(alone_parts["total"] / pipeline_parts["total"], 3),
             }  # fmt: skip
             print(f"{model}: Triton alone {alone_runs}/s, classifier {pipeline_runs}/s", flush=True)
         noop = results["noop"]

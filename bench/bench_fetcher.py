@@ -12,8 +12,8 @@ each WebP (quality 85); every request is a distinct URL, so the fetcher's cache 
 
 from __future__ import annotations
 
+import itertools
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -27,6 +27,7 @@ import requests
 
 from bench.figures import Figure
 from bench.stack import free_port
+from services.common.cpus import available_cpus
 from services.fetcher.imaging import to_model_input
 from services.fetcher.settings import FetcherSettings
 from tools.demo_data import photo
@@ -79,8 +80,9 @@ def run() -> list[Figure]:
                 run["images_per_s"] / max(before["bound_images_per_s"], after["bound_images_per_s"]), 3
             ),
         }
-        for run, before, after in zip(fast_runs, bounds, bounds[1:], strict=False)
+        for run, (before, after) in zip(fast_runs, itertools.pairwise(bounds), strict=True)
     ]
+    # EFFICIENCY_ROUNDS is odd: the middle round is the median
     middle = sorted(range(len(rounds)), key=lambda i: rounds[i]["efficiency"])[len(rounds) // 2]
     fast, bound = fast_runs[middle], rounds[middle]["bound_images_per_s"]
     return [
@@ -183,7 +185,7 @@ def decode_bound(files: list[Path], settings: FetcherSettings, seconds: float = 
         to_model_input(data[done % len(data)], settings.image_size, settings.max_pixels)
         done += 1
     per_core = done / (time.perf_counter() - started)
-    cores = os.cpu_count() or 1
+    cores = available_cpus()
     return {
         "per_core_images_per_s": round(per_core, 1),
         "cores": cores,
@@ -208,7 +210,7 @@ def fetcher_per_core(port: int, delay_ms: int, images: int) -> dict[str, Any]:
     """One fetcher process per core, one decode thread each, timing the same window: a
     process's decode threads share one interpreter lock, so a process per core is how the
     fetcher is deployed (deploy/k8s: one CPU per replica) and how it reaches the cores."""
-    cores = os.cpu_count() or 1
+    cores = available_cpus()
     start_at = time.time() + 5.0  # after every process has imported and warmed up
     args = ("throughput", "--port", str(port), "--delay-ms", str(delay_ms), "--images", str(images // cores))
     runs = fetcher_loads([[*args, "--workers", "1", "--start-at", str(start_at)] for _ in range(cores)])
@@ -219,9 +221,13 @@ def fetcher_per_core(port: int, delay_ms: int, images: int) -> dict[str, Any]:
         "decode_threads_each": 1,
         "images": sum(run["images"] for run in runs),
         "seconds": round(seconds, 3),
-        "images_per_s": round(ok / seconds, 1),
-        "cpu_ms_per_image": round(sum(run["cpu_ms_per_image"] * run["outcomes"].get("ok", 0) for run in runs) / ok, 2),
+        "images_per_s": round(ok / seconds, 1) if seconds > 0 else 0.0,
+        "cpu_ms_per_image": round(
+            sum(run["cpu_ms_per_image"] * run["outcomes"].get("ok", 0) for run in runs) / max(ok, 1), 2
+        ),
         "images_per_s_each": [run["images_per_s"] for run in runs],
+        # how far apart the processes began their timed parts (all should meet `start_at`)
+        "start_skew_s": round(max(run["started_at"] for run in runs) - min(run["started_at"] for run in runs), 3),
     }
 
 
