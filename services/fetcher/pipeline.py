@@ -5,17 +5,18 @@ Downloads run on the event loop; decoding runs in a pool of `FETCHER_DECODE_WORK
 The same URL is downloaded and decoded once while its result is fresh, and concurrent
 requests for it share that one download (`ResultCache`).
 
-Threads, not processes, decode, and one process per core is the deployed shape. Pillow releases
-the GIL while it decodes and resizes, but not while it allocates an image, encodes the wire JPEG
-or runs its Python between chunks; with the event loop's own Python that is most of the lock's
-time, so two decode threads in one process keep only about 1.6 of 2 cores busy. A pool of decode
-processes wins that back but pays it again pickling every body and every result across, and
-each worker interpreter peaks at about 75 MB. One process per core with one decode thread each
-has neither cost: measured side by side (`bench/bench_fetcher.py`, 1500 distinct 1200x800
-photos, 20 JPEG : 2 PNG : 2 WebP, no server delay), two such processes did 14-25 % more than
-one process with two threads in every run (236 vs 191 images/s in one), and 5-25 % more than
-one process with two decode processes. So deploy/k8s gives
-a replica one CPU, and the decode pool follows the container's CPU limit (`services/common/cpus.py`).
+Threads, not processes, decode, and one process per core is the deployed shape. Pillow
+releases the GIL while it decodes and resizes, but not while it allocates an image, encodes
+the wire JPEG or runs its Python between chunks; with the event loop's own Python that is most
+of the lock's time, so two decode threads in one process keep only about 1.6 of 2 cores busy.
+A pool of decode processes wins that back but pays it again pickling every body and every
+result across, and each worker interpreter peaks at about 75 MB. One process per core with one
+decode thread each has neither cost: measured side by side (`bench/bench_fetcher.py`, 24
+photos of 1200x800, 20 JPEG : 2 PNG : 2 WebP, behind 1500 distinct URLs, no server delay), two
+such processes did 14-25 % more than one process with two threads in every run (236 vs 191
+images/s in one), and 5-25 % more than one process with two decode processes. So deploy/k8s
+gives a replica one CPU, and the decode pool follows the container's CPU limit
+(`services/common/cpus.py`).
 """
 
 from __future__ import annotations
