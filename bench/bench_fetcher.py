@@ -70,16 +70,7 @@ def run() -> list[Figure]:
                 "--images", str(MEMORY_IMAGES),
             )  # fmt: skip
     rounds = [
-        {
-            "fetcher_images_per_s": run["images_per_s"],
-            "bound_images_per_s": (before["bound_images_per_s"] + after["bound_images_per_s"]) / 2,
-            "efficiency": round(
-                2 * run["images_per_s"] / (before["bound_images_per_s"] + after["bound_images_per_s"]), 3
-            ),
-            "efficiency_against_the_higher_bound": round(
-                run["images_per_s"] / max(before["bound_images_per_s"], after["bound_images_per_s"]), 3
-            ),
-        }
+        _round(run["images_per_s"], before["bound_images_per_s"], after["bound_images_per_s"])
         for run, (before, after) in zip(fast_runs, itertools.pairwise(bounds), strict=True)
     ]
     # EFFICIENCY_ROUNDS is odd: the middle round is the median
@@ -174,6 +165,17 @@ def describe(files: list[Path]) -> dict[str, Any]:
     return {"count": len(files), "by_type": kinds, "size": "1200x800", "mean_bytes": sum(sizes) // len(sizes)}
 
 
+def _round(fetcher: float, bound_before: float, bound_after: float) -> dict[str, float]:
+    """One efficiency round: the fetcher's rate against the bound measured around it."""
+    bound = (bound_before + bound_after) / 2
+    return {
+        "fetcher_images_per_s": fetcher,
+        "bound_images_per_s": bound,
+        "efficiency": round(fetcher / bound, 3),
+        "efficiency_against_the_higher_bound": round(fetcher / max(bound_before, bound_after), 3),
+    }
+
+
 def decode_bound(files: list[Path], settings: FetcherSettings, seconds: float = 2.0) -> dict[str, Any]:
     """Single-thread images/s of the fetcher's decode over the image set, times this machine's cores."""
     data = [p.read_bytes() for p in files]
@@ -215,7 +217,8 @@ def fetcher_per_core(port: int, delay_ms: int, images: int) -> dict[str, Any]:
     args = ("throughput", "--port", str(port), "--delay-ms", str(delay_ms), "--images", str(images // cores))
     runs = fetcher_loads([[*args, "--workers", "1", "--start-at", str(start_at)] for _ in range(cores)])
     ok = sum(run["outcomes"].get("ok", 0) for run in runs)
-    seconds = max(run["ended_at"] for run in runs) - min(run["started_at"] for run in runs)
+    starts = [run["started_at"] for run in runs]
+    seconds = max(run["ended_at"] for run in runs) - min(starts)
     return {
         "processes": cores,
         "decode_threads_each": 1,
@@ -227,7 +230,7 @@ def fetcher_per_core(port: int, delay_ms: int, images: int) -> dict[str, Any]:
         ),
         "images_per_s_each": [run["images_per_s"] for run in runs],
         # how far apart the processes began their timed parts (all should meet `start_at`)
-        "start_skew_s": round(max(run["started_at"] for run in runs) - min(run["started_at"] for run in runs), 3),
+        "start_skew_s": round(max(starts) - min(starts), 3),
     }
 
 

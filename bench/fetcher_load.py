@@ -98,7 +98,6 @@ async def throughput(
             started = time.perf_counter()
             outcomes = await run_posts(pipeline, posts, settings.max_in_flight)
             elapsed = time.perf_counter() - started
-            ended_at = time.time()
             cpu = process_cpu_seconds() - cpu_before
             own = cpu_seconds(pids=(os.getpid(),)) - own_before
     return {
@@ -106,7 +105,7 @@ async def throughput(
         "seconds": round(elapsed, 3),
         "images_per_s": round(outcomes["ok"] / elapsed, 1),
         "started_at": started_at,
-        "ended_at": ended_at,
+        "ended_at": started_at + elapsed,
         "outcomes": dict(outcomes),
         "cpu_seconds_per_wall_second": round(cpu / elapsed, 2),
         "cpu_ms_per_image": round(1000 * cpu / max(outcomes["ok"], 1), 2),

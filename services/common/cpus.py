@@ -39,24 +39,25 @@ def available_cpus(cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGR
 
 
 def _cgroup_dirs(cgroup_root: Path, proc_cgroup: Path) -> Iterator[Path]:
-    """The directories of this process's CPU cgroup, from its own up to the mount's root."""
-    for mount in (cgroup_root, cgroup_root / "cpu", cgroup_root / "cpu,cpuacct"):
-        path = _cgroup_path(proc_cgroup, v2=mount == cgroup_root)
-        here = mount / path.lstrip("/") if path else mount
-        while True:
-            if here.is_dir():
-                yield here
-            if here == mount or mount not in here.parents:
-                break
-            here = here.parent
-
-
-def _cgroup_path(proc_cgroup: Path, v2: bool) -> str:
-    """This process's cgroup path, for the v2 hierarchy or the v1 `cpu` controller; "" if unknown."""
+    """The directories of this process's CPU cgroup, from its own up to each mount's root."""
     try:
         lines = proc_cgroup.read_text().splitlines()
     except OSError:
-        return ""
+        lines = []
+    for mount in (cgroup_root, cgroup_root / "cpu", cgroup_root / "cpu,cpuacct"):
+        own = mount / _cgroup_path(lines, v2=mount == cgroup_root).lstrip("/")
+        if own != mount and mount not in own.parents:
+            continue
+        for directory in (own, *own.parents):
+            if directory.is_dir():
+                yield directory
+            if directory == mount:
+                break
+
+
+def _cgroup_path(lines: list[str], v2: bool) -> str:
+    """This process's cgroup path (lines of /proc/self/cgroup), for the v2 hierarchy or the v1
+    `cpu` controller; "" if unknown."""
     for line in lines:
         _, controllers, path = [*line.split(":", 2), "", ""][:3]
         if (v2 and controllers == "") or (not v2 and "cpu" in controllers.split(",")):

@@ -54,10 +54,7 @@ class ImagePipeline:
         metrics.CACHE_BYTES.set_function(lambda: self.cache.bytes)
 
     async def handle(self, tweet: dict[str, Any]) -> list[Output | DeadLetter]:
-        media = tweet["media"]
-        if len(media) == 1:  # most posts: no task to gather
-            return [await self._one(tweet, media[0])]
-        return list(await asyncio.gather(*(self._one(tweet, one) for one in media)))
+        return list(await asyncio.gather(*(self._one(tweet, media) for media in tweet["media"])))
 
     async def model_input(self, url: str) -> ModelInput:
         """The decoded image at `url`, from the cache, a download under way, or a new one."""
