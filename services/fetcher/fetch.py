@@ -19,6 +19,8 @@ import aiohttp
 from aiohttp.abc import AbstractResolver
 from yarl import URL
 
+from services.common.errors import RecordError
+
 from . import metrics
 from .limits import Allowance, ByteBudget, HostLimiter
 from .netguard import (
@@ -39,13 +41,8 @@ CHUNK_BYTES = 256 * 1024
 TRANSIENT_REASONS = {"timeout", "connect_error", "http_error"}
 
 
-class FetchError(Exception):
+class FetchError(RecordError):
     """Why a URL gave no image; `reason` is a short code for the DLQ header and metric label."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 def is_retryable(reason: str) -> bool:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from services.common.errors import RecordError
+
 PIXEL_FORMAT = "RGB8_HWC"
 
 # Magic bytes decide the type, never the Content-Type header.
@@ -44,11 +46,8 @@ _ORIENT: dict[int, tuple[Image.Transpose, ...]] = {
 }
 
 
-class ImageError(ValueError):
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
+class ImageError(RecordError):
+    """Why bytes gave no model input (refused before decoding, or corrupt)."""
 
 
 @dataclass(frozen=True)

@@ -10,16 +10,13 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from services.common.errors import RecordError
+
 IMAGE_BEARING_TYPES = {"photo", "video", "animated_gif"}
 
 
-class PayloadError(ValueError):
+class PayloadError(RecordError):
     """The payload is not a post this system can read; `reason` is a short metric-safe code."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 def parse_line(line: bytes | str) -> dict[str, Any] | None:
