@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
+
+from services.common.errors import RecordError
+
+log = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -18,8 +23,14 @@ class MicroBatcher(Generic[Item, Result]):
     """`await submit(item)` returns that item's result from a batched call of `run_batch`.
 
     A batch closes when it holds `max_batch` items or `max_wait_s` after its first item,
-    whichever comes first; at most `max_concurrent` batches run at once. If the batch call
-    raises, every item of the batch gets the exception.
+    whichever comes first; at most `max_concurrent` batches run at once.
+
+    If the batch call raises `RecordError`, some item of the batch is at fault, not the batch:
+    the batch is halved and each half sent again (within the batch's slot, one after the
+    other), down to the items at fault, which alone get the error of the call that held them
+    by themselves; the others get their results. One bad item in a batch of n costs about
+    2·log2(n) more calls. Any other exception (an outage, a bug) is the whole batch's: every
+    item gets it.
     """
 
     def __init__(
@@ -74,14 +85,37 @@ class MicroBatcher(Generic[Item, Result]):
 
     async def _send(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
         try:
+            await self._deliver(batch)
+        finally:
+            self._slots.release()
+
+    async def _deliver(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
+        if all(future.done() for _, future in batch):
+            return  # every submitter is gone (cancelled): nobody waits for this call
+        try:
             results = await self._run_batch([item for item, _ in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"the batch call returned {len(results)} results for {len(batch)} items")
+        except RecordError as exc:
+            if len(batch) == 1:
+                _fail(batch, exc)
+                return
+            log.info(
+                "batch refused for an item's fault: sending its halves apart",
+                extra={"fields": {"batch_size": len(batch), "reason": exc.reason, "detail": exc.detail}},
+            )
+            middle = len(batch) // 2
+            await self._deliver(batch[:middle])
+            await self._deliver(batch[middle:])
         except Exception as exc:  # noqa: BLE001 - handed to every waiting submitter
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+            _fail(batch, exc)
         else:
             for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)
-        finally:
-            self._slots.release()
+
+
+def _fail(batch: Sequence[tuple[object, asyncio.Future[Result]]], exc: BaseException) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(exc)

@@ -13,7 +13,7 @@ import numpy.typing as npt
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
-from services.common.stream import RecordError, RetryableError
+from services.common.errors import RecordError, RetryableError
 
 from . import metrics
 
