@@ -2,31 +2,36 @@
 # Local Prometheus (Debian's `prometheus` package, run directly: not its system service)
 # scraping the stack with deploy/prometheus/prometheus.yml, on http://127.0.0.1:9090.
 #
-# Usage: scripts/prometheus.sh {start|stop|status}
-#   start   check the config, copy it to ${RUN_DIR}/prometheus/, start Prometheus in the
-#           background, wait until /-/ready answers
+# Usage: scripts/prometheus.sh {start|stop|status|rules FILE}
+#   start   copy the config to ${RUN_DIR}/prometheus/ and the alert rules to its rules/,
+#           check both, start Prometheus in the background, wait until /-/ready answers
 #   stop    stop the Prometheus started by `start` (SIGTERM, then SIGKILL after a bounded wait)
 #   status  print running/stopped; exit 0 if running and ready, 1 if not
+#   rules   write the alert rules as a Prometheus rule file to FILE (`-`: standard output)
 #
 # Environment (paths are relative to the repo root unless absolute):
 #   RUN_DIR (.run): pid file, logs/prometheus.log, prometheus/ (the running copy of the config,
 #     data/ = the TSDB, targets/ = extra scrape targets, see the `registered` job)
 #   PROMETHEUS_BIN (prometheus on PATH)  PROMETHEUS_CONFIG (deploy/prometheus/prometheus.yml)
+#   PROMETHEUS_RULES (deploy/k8s/base/monitoring/alerts.yaml: a PrometheusRule, its `spec` is used)
 #   PROMETHEUS_PORT (9090)  PROMETHEUS_RETENTION (2d)
 #   PROMETHEUS_START_TIMEOUT (60 s)  PROMETHEUS_STOP_TIMEOUT (30 s)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CALLER_DIR="$PWD"  # `rules FILE` is relative to where the script was called from
 cd "$ROOT"
 
 abspath() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$ROOT/$1" ;; esac; }
 RUN_DIR="$(abspath "${RUN_DIR:-.run}")"
 CONFIG="$(abspath "${PROMETHEUS_CONFIG:-deploy/prometheus/prometheus.yml}")"
+RULES="$(abspath "${PROMETHEUS_RULES:-deploy/k8s/base/monitoring/alerts.yaml}")"
 
 HOME_DIR="$RUN_DIR/prometheus"
 RUN_CONFIG="$HOME_DIR/prometheus.yml"  # relative paths in it (targets/*.json) resolve here
 DATA_DIR="$HOME_DIR/data"
 TARGETS_DIR="$HOME_DIR/targets"
+RULES_DIR="$HOME_DIR/rules"  # prometheus.yml loads rules/*.yml
 LOG_DIR="$RUN_DIR/logs"
 LOG_FILE="$LOG_DIR/prometheus.log"
 PID_FILE="$RUN_DIR/prometheus.pid"
@@ -51,6 +56,21 @@ find_bin() {
 }
 
 our_pid() { pid_if_ours -F -- "--storage.tsdb.path=$DATA_DIR "; }
+
+# The PrometheusRule's `spec` is a Prometheus rule file indented by two spaces: the lines
+# after `spec:`, dedented. (alerts.yaml keeps `spec` last; tests/deploy/test_alerts.py checks
+# that this gives exactly its `spec`.) Plain text tools, so `make up` needs no YAML library.
+write_rules() {
+  local out="$1"
+  [[ -f "$RULES" ]] || die "no alert rules at $RULES"
+  grep -q '^spec:$' "$RULES" || die "$RULES has no top-level spec:"
+  if [[ "$out" == - ]]; then
+    sed -e '1,/^spec:$/d' -e 's/^  //' "$RULES"
+  else
+    sed -e '1,/^spec:$/d' -e 's/^  //' "$RULES" >"$out.tmp"
+    mv "$out.tmp" "$out"
+  fi
+}
 
 port_open() { (exec 3<>"/dev/tcp/$HOST/$PORT") 2>/dev/null; }
 
@@ -113,9 +133,10 @@ cmd_start() {
   local bin
   bin="$(find_bin)"
   [[ -f "$CONFIG" ]] || die "no config at $CONFIG"
-  mkdir -p "$DATA_DIR" "$TARGETS_DIR" "$LOG_DIR"
+  mkdir -p "$DATA_DIR" "$TARGETS_DIR" "$RULES_DIR" "$LOG_DIR"
   cp "$CONFIG" "$RUN_CONFIG.tmp"
   mv "$RUN_CONFIG.tmp" "$RUN_CONFIG"
+  write_rules "$RULES_DIR/tagstream.yml"
   check_config "$bin"
   LOG_MARK="$( (wc -l <"$LOG_FILE") 2>/dev/null || echo 0)"
   log "starting prometheus (config: ${CONFIG#"$ROOT"/}, logs: ${LOG_FILE#"$ROOT"/})"
@@ -149,8 +170,12 @@ case "${1:-}" in
   start) cmd_start ;;
   stop) cmd_stop ;;
   status) cmd_status ;;
+  rules)
+    [[ $# -eq 2 ]] || { echo "usage: $0 rules FILE" >&2; exit 2; }
+    case "$2" in -|/*) write_rules "$2" ;; *) write_rules "$CALLER_DIR/$2" ;; esac
+    ;;
   *)
-    echo "usage: $0 {start|stop|status}" >&2
+    echo "usage: $0 {start|stop|status|rules FILE}" >&2
     exit 2
     ;;
 esac

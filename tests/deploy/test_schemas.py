@@ -32,6 +32,7 @@ EXPECTED_KINDS = {
     "KafkaNodePool": 1,
     "ScaledObject": 2,
     "PodMonitor": 3,
+    "PrometheusRule": 1,
 }
 
 
@@ -79,7 +80,14 @@ def test_builtin_objects_match_the_kubernetes_schemas(objects: list[Obj], k8s_ve
 
 def test_custom_resources_match_their_crds(objects: list[Obj], crd_schemas: dict[tuple[str, str, str], Obj]) -> None:
     custom = [o for o in objects if _is_custom(o)]
-    assert {o["kind"] for o in custom} == {"Kafka", "KafkaNodePool", "KafkaTopic", "ScaledObject", "PodMonitor"}
+    assert {o["kind"] for o in custom} == {
+        "Kafka",
+        "KafkaNodePool",
+        "KafkaTopic",
+        "ScaledObject",
+        "PodMonitor",
+        "PrometheusRule",
+    }
     for obj in custom:
         try:
             _validate_custom(obj, crd_schemas)
@@ -124,6 +132,8 @@ def test_crd_validation_rejects_mistakes(
         _broken(objects, "ScaledObject", "fetcher", lambda o: o["spec"].update(maxReplicas=3)),
         _broken(objects, "ScaledObject", "classifier", lambda o: o["spec"].update(minReplicaCount="one")),
         _broken(objects, "PodMonitor", "triton", lambda o: o["spec"].update(podMetricEndpoints=[])),
+        _broken(objects, "PrometheusRule", "tagstream", lambda o: o["spec"]["groups"][0].update(rule=[])),
+        _broken(objects, "PrometheusRule", "tagstream", lambda o: o["spec"]["groups"][1]["rules"][0].pop("expr")),
     ]
     for obj in mistakes:
         with pytest.raises(jsonschema.ValidationError):
