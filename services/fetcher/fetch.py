@@ -1,7 +1,9 @@
 """Download untrusted URLs with one pooled aiohttp session, within size, time and address limits.
 
 Every request waits for a slot of its host (`HostLimiter`) before it starts, so its connect,
-read and total timeouts measure the server, not the queue. A body is read in chunks against
+read and total timeouts measure the server, not the queue. The total timeout is one deadline
+per URL (`TimeBudget`): its redirects, retries and the backoff between them all spend from it.
+A body is read in chunks against
 `FETCHER_MAX_BYTES` (the `Content-Length` is checked first) and against a byte budget shared by
 all downloads, held until the body is decoded, so memory does not grow with the number of
 downloads in flight; a server trickling a byte per second holds a few bytes until the total
@@ -22,7 +24,7 @@ from yarl import URL
 from services.common.errors import RecordError
 
 from . import metrics
-from .limits import Allowance, ByteBudget, HostLimiter
+from .limits import Allowance, ByteBudget, HostLimiter, TimeBudget
 from .netguard import (
     BLOCKED_MARKER,
     AddressPolicy,
@@ -104,6 +106,8 @@ class Fetcher:
         self.resolver: GuardedResolver | None = None
         self.limiter = HostLimiter(settings.max_connections_per_host, settings.max_connections)
         self.budget = ByteBudget(settings.max_buffered_bytes)
+        #: estimated memory of the decodes under way (services/fetcher/imaging.py), shared by all
+        self.decode_budget = ByteBudget(settings.max_decode_memory_bytes)
         self._random = random.Random()  # noqa: S311 - retry jitter, not a secret
         self._session: aiohttp.ClientSession | None = None
 
@@ -128,6 +132,7 @@ class Fetcher:
             trust_env=False,
         )
         metrics.BUFFERED_BYTES.set_function(lambda: self.budget.used)
+        metrics.DECODE_MEMORY_BYTES.set_function(lambda: self.decode_budget.used)
         return self
 
     async def __aexit__(self, *_: object) -> None:
@@ -137,20 +142,26 @@ class Fetcher:
             await self.resolver.close()
 
     async def fetch(self, url: str) -> Body:
-        """The body at `url`; timeouts and 5xx are retried up to `max_retries` times."""
+        """The body at `url`; timeouts and 5xx are retried up to `max_retries` times, all within
+        `total_timeout_s` for the URL."""
+        s = self.settings
+        deadline = TimeBudget(s.total_timeout_s)
         attempt = 0
         while True:
             try:
-                return await self._follow(url)
+                return await self._follow(url, deadline)
             except FetchError as exc:
-                if attempt >= self.settings.max_retries or not is_retryable(exc.reason):
+                if attempt >= s.max_retries or not is_retryable(exc.reason):
+                    raise
+                delay = backoff_delay(attempt, s.retry_backoff_s, s.retry_backoff_max_s, self._random.random())
+                if delay >= deadline.left:  # no time left for another try: this one's answer stands
                     raise
                 metrics.FETCH_RETRIES.labels(exc.reason).inc()
-            s = self.settings
-            await asyncio.sleep(backoff_delay(attempt, s.retry_backoff_s, s.retry_backoff_max_s, self._random.random()))
+            with deadline.spending():
+                await asyncio.sleep(delay)
             attempt += 1
 
-    async def _follow(self, url: str) -> Body:
+    async def _follow(self, url: str, deadline: TimeBudget) -> Body:
         """Follow at most `max_redirects` redirects, each target checked again."""
         target = _parse(url)
         for _ in range(self.settings.max_redirects + 1):
@@ -160,7 +171,8 @@ class Fetcher:
             except BlockedAddressError as exc:
                 raise FetchError("blocked_address", str(exc)) from exc
             async with self.limiter.hold(host):
-                body, location = await self._get(target)
+                with deadline.spending():
+                    body, location = await self._get(target, deadline.left)
             if body is not None:
                 return body
             assert location is not None
@@ -171,14 +183,14 @@ class Fetcher:
             target = _parse(next_url)
         raise FetchError("too_many_redirects", f"more than {self.settings.max_redirects} redirects")
 
-    async def _get(self, target: URL) -> tuple[Body | None, str | None]:
-        """One request: (body, None), or (None, the redirect's location)."""
+    async def _get(self, target: URL, seconds: float) -> tuple[Body | None, str | None]:
+        """One request within `seconds`: (body, None), or (None, the redirect's location)."""
         assert self._session is not None, "use Fetcher as an async context manager"
         try:
             # The total timeout is ours, not aiohttp's: it also bounds the waits for the byte
             # budget, which happen outside aiohttp's own timer.
             async with (
-                asyncio.timeout(self.settings.total_timeout_s),
+                asyncio.timeout(max(seconds, 0.0)),
                 self._session.get(target, allow_redirects=False) as response,
             ):
                 if response.status in REDIRECT_STATUSES:
@@ -196,7 +208,9 @@ class Fetcher:
                 raise FetchError("blocked_address", str(exc.os_error)) from exc
             raise FetchError("connect_error", str(exc)) from exc
         except TimeoutError as exc:
-            raise FetchError("timeout", f"no complete answer from {target.host} in time") from exc
+            raise FetchError(
+                "timeout", f"no complete answer from {target.host} within {self.settings.total_timeout_s} s for the URL"
+            ) from exc
         except aiohttp.InvalidURL as exc:
             raise FetchError("bad_url", str(exc)) from exc
         except aiohttp.ClientError as exc:

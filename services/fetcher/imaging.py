@@ -7,18 +7,52 @@ reports, so it is caught the same way); JPEGs are decoded at reduced scale (libj
 scaling through `draft()`); only the first frame of an animation is decoded. The centre square
 is cropped and resized before colour conversion and EXIF orientation: both commute with a
 centre-square crop, and on 224x224 pixels they cost almost nothing.
+
+Memory is checked before decoding too: a few bytes can describe a picture that decodes to
+hundreds of megabytes while staying under the pixel limit (a lossless WebP of one colour, a
+16-bit grey PNG). `open_image` reads the header and estimates the peak memory of the whole
+decode (`decode_memory`), from what was measured of Pillow for each format and mode; an image
+over the per-image cap is refused, and the caller admits the rest against a budget shared by
+all decodes before `decode` runs.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import io
+import math
+import struct
 from dataclasses import dataclass
 
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from services.common.errors import RecordError
+from services.common.pixels import PILLOW_FAILURES
 
 PIXEL_FORMAT = "RGB8_HWC"
+
+
+def _return_large_buffers_to_the_system(threshold: int = 4 * 1024 * 1024) -> None:
+    """Have glibc map every allocation of `threshold` bytes or more on its own and unmap it when
+    freed. By default it raises that threshold to the size of the largest block freed so far
+    (Pillow allocates images in blocks of 16 MB), and from then on such blocks come from the
+    arena of the decode thread that asked and stay there when freed: each decode thread keeps
+    the memory of the largest decode it ran, so decodes admitted one at a time still add up
+    (measured: four of 60 MB on four threads, 187 MB; with this, 63 MB). A fixed threshold turns
+    that adjustment off. Photos decoded at reduced scale stay under it and are not affected."""
+    name = ctypes.util.find_library("c")
+    mallopt = getattr(ctypes.CDLL(name), "mallopt", None) if name else None
+    if mallopt is not None:
+        m_mmap_threshold = -3
+        mallopt(m_mmap_threshold, threshold)
+
+
+_return_large_buffers_to_the_system()
+
+# Pillow keeps up to 64 MB of inflated PNG text (zTXt, iTXt) while it reads a header, before
+# any estimate can count it; no text is used here, and 4 MB leaves room for large XMP packets.
+PngImagePlugin.MAX_TEXT_MEMORY = 4 * 1024 * 1024
 
 # Magic bytes decide the type, never the Content-Type header.
 _SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
@@ -68,34 +102,201 @@ def sniff_format(head: bytes) -> str | None:
     return None
 
 
-def to_model_input(data: bytes, size: int, max_pixels: int) -> ModelInput:
+class OpenImage:
+    """An image whose header is read and checked but whose pixels are not decoded yet, with the
+    peak memory its decode will take. `close()` it (or use `with`) whether decoded or not."""
+
+    __slots__ = ("image", "memory_bytes", "source_format", "source_height", "source_width")
+
+    def __init__(self, image: Image.Image, source_format: str, memory_bytes: int) -> None:
+        self.image = image
+        self.source_format = source_format
+        self.source_width, self.source_height = image.size
+        self.memory_bytes = memory_bytes
+
+    def close(self) -> None:
+        self.image.close()
+
+    def __enter__(self) -> OpenImage:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def to_model_input(data: bytes, size: int, max_pixels: int, max_memory: int | None = None) -> ModelInput:
     """Decode `data` and return `size` x `size` RGB pixels; ImageError says why it cannot."""
+    with open_image(data, size, max_pixels, max_memory) as image:
+        return decode(image, size)
+
+
+def open_image(data: bytes, size: int, max_pixels: int, max_memory: int | None = None) -> OpenImage:
+    """Read and check the header of `data`; refuse it (ImageError) if its decode would take more
+    than `max_pixels` pixels or `max_memory` bytes."""
     fmt = sniff_format(data[:16])
     if fmt is None:
         raise ImageError("unsupported_type", f"magic bytes {data[:8].hex()} are not JPEG, PNG, WebP or GIF")
     try:
-        with Image.open(io.BytesIO(data), formats=[fmt]) as image:
-            width, height = image.size  # from the header only: nothing decoded yet
-            if width * height > max_pixels:
-                raise ImageError("too_many_pixels", f"{width}x{height} exceeds {max_pixels} pixels")
-            if width < 1 or height < 1:
-                raise ImageError("corrupt_image", f"{width}x{height} has no pixels")
-            if fmt == "JPEG":
-                # libjpeg DCT scaling: decode at the smallest 1/2^k scale whose short side is still >= size.
-                image.draft("RGB", (size, size))
-            image.load()  # first frame of an animation; raises on truncated or corrupt data
-            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-            square = _centre_square(_resizable(image), size)
-            rgb = _to_rgb(square)
-            for step in _ORIENT.get(orientation, ()):
-                rgb = rgb.transpose(step)
-            return ModelInput(rgb.tobytes(), width, height, fmt, size)
-    except ImageError:
-        raise
+        image = Image.open(io.BytesIO(data), formats=[fmt])
     except Image.DecompressionBombError as exc:
         raise ImageError("too_many_pixels", str(exc)) from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except PILLOW_FAILURES as exc:
         raise ImageError("corrupt_image", f"{type(exc).__name__}: {exc}") from exc
+    try:
+        width, height = image.size  # from the header only: nothing decoded yet
+        if width * height > max_pixels:
+            raise ImageError("too_many_pixels", f"{width}x{height} exceeds {max_pixels} pixels")
+        if width < 1 or height < 1:
+            raise ImageError("corrupt_image", f"{width}x{height} has no pixels")
+        opened = OpenImage(image, fmt, 0)
+        if fmt == "JPEG":
+            # libjpeg DCT scaling: decode at the smallest 1/2^k scale whose short side is still >= size.
+            image.draft("RGB", (size, size))
+        opened.memory_bytes = _estimate(image, fmt, data, size, (width, height))
+        if max_memory is not None and opened.memory_bytes > max_memory:
+            raise ImageError(
+                "too_much_memory",
+                f"{image.mode} {fmt} of {width}x{height} would take about {opened.memory_bytes >> 20} MiB "
+                f"to decode, over {max_memory >> 20} MiB",
+            )
+        return opened
+    except ImageError:
+        image.close()
+        raise
+    except PILLOW_FAILURES as exc:
+        image.close()
+        raise ImageError("corrupt_image", f"{type(exc).__name__}: {exc}") from exc
+
+
+def decode(opened: OpenImage, size: int) -> ModelInput:
+    """Decode an opened image into `size` x `size` RGB pixels; ImageError says why it cannot."""
+    image = opened.image
+    try:
+        image.load()  # first frame of an animation; raises on truncated or corrupt data
+        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+        square = _centre_square(_resizable(image), size)
+        rgb = _to_rgb(square)
+        for step in _ORIENT.get(orientation, ()):
+            rgb = rgb.transpose(step)
+        return ModelInput(rgb.tobytes(), opened.source_width, opened.source_height, opened.source_format, size)
+    except Image.DecompressionBombError as exc:
+        raise ImageError("too_many_pixels", str(exc)) from exc
+    except PILLOW_FAILURES as exc:
+        raise ImageError("corrupt_image", f"{type(exc).__name__}: {exc}") from exc
+
+
+# Peak memory of a decode, measured with Pillow 13 (the process's peak RSS over one decode,
+# tests/unit/test_fetcher_decode_memory.py checks each case against this model): a decoded
+# image takes `_STORED_BYTES` per pixel (RGB is kept in 4 bytes); `_resizable` and the resize
+# add full-size copies (`_conversion_bytes`); WebP goes through libwebp's animation decoder,
+# which holds two canvases of 4 bytes per pixel besides the frame it returns and Pillow's
+# copy of it; a progressive or multi-scan JPEG keeps every DCT coefficient of the full-size
+# image (2 bytes each) whatever the scale it is decoded at. Reading the header copies the whole
+# body of a WebP, and the application segments of a JPEG.
+_STORED_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+_WEBP_DECODER_BYTES = 13
+_COEFFICIENT_BYTES = 2
+_FIXED_BYTES = 2 * 1024 * 1024
+
+
+def decode_memory(
+    fmt: str,
+    mode: str,
+    decoded: tuple[int, int],
+    *,
+    palette_transparency: bool,
+    coefficient_bytes: int,
+    header_bytes: int,
+    size: int,
+) -> int:
+    """Estimated peak bytes of decoding an image of `mode`, `decoded` pixels wide and high (after
+    any reduced-scale decode), into `size` x `size` RGB; `header_bytes` of the file are copied
+    while its header is read."""
+    pixels = decoded[0] * decoded[1]
+    per_pixel = _STORED_BYTES.get(mode, 4) + _conversion_bytes(mode, palette_transparency)
+    if fmt == "WEBP":
+        per_pixel += _WEBP_DECODER_BYTES
+    first_resize_pass = 4 * size * min(decoded)  # Pillow resizes across, then down
+    return pixels * per_pixel + coefficient_bytes + first_resize_pass + header_bytes + _FIXED_BYTES
+
+
+def _conversion_bytes(mode: str, palette_transparency: bool) -> int:
+    """Bytes per pixel of the full-size copies `_resizable` and the resize make, mode by mode."""
+    if mode in ("RGB", "L"):
+        return 0
+    if mode in _ALPHA_MODES:
+        return 4  # premultiplied copy for the resize
+    if mode == "PA" or (mode == "P" and palette_transparency):
+        return 8  # RGBA, then its premultiplied copy
+    if mode in _SIXTEEN_BIT_GREY:
+        return 8  # I, then scaled
+    return 4  # RGB
+
+
+def _estimate(image: Image.Image, fmt: str, data: bytes, size: int, source: tuple[int, int]) -> int:
+    return decode_memory(
+        fmt,
+        image.mode,
+        image.size,
+        palette_transparency="transparency" in image.info,
+        coefficient_bytes=_jpeg_coefficient_bytes(image, data, source) if fmt == "JPEG" else 0,
+        header_bytes=len(data) if fmt == "WEBP" else _jpeg_segment_bytes(data) if fmt == "JPEG" else 0,
+        size=size,
+    )
+
+
+def _jpeg_coefficient_bytes(image: Image.Image, data: bytes, source: tuple[int, int]) -> int:
+    """The whole-image coefficient buffer libjpeg keeps for a progressive file, or for a
+    sequential one whose first scan lacks some components; 0 when it decodes in one pass."""
+    layers: list[tuple[int, int, int, int]] = getattr(image, "layer", [])
+    if not layers:
+        return 0
+    if not image.info.get("progressive") and _first_scan_components(data) >= len(layers):
+        return 0
+    width, height = source
+    h_max = max(layer[1] for layer in layers) or 1
+    v_max = max(layer[2] for layer in layers) or 1
+    mcu_across, mcu_down = math.ceil(width / (8 * h_max)), math.ceil(height / (8 * v_max))
+    blocks = sum(mcu_across * h * mcu_down * v for _, h, v, _ in layers)
+    return blocks * 64 * _COEFFICIENT_BYTES
+
+
+def _jpeg_markers(data: bytes) -> list[tuple[int, int]]:
+    """(marker, offset of its segment) from SOI up to and including the first SOS."""
+    found = []
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            break
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # no length field
+            pos += 2
+            continue
+        found.append((marker, pos + 4))
+        if marker == 0xDA:
+            break
+        pos += 2 + struct.unpack(">H", data[pos + 2 : pos + 4])[0]
+    return found
+
+
+def _jpeg_segment_bytes(data: bytes) -> int:
+    """Bytes of the application and comment segments, which Pillow keeps as it reads them."""
+    return sum(
+        struct.unpack(">H", data[start - 2 : start])[0]
+        for marker, start in _jpeg_markers(data)
+        if 0xE0 <= marker <= 0xEF or marker == 0xFE
+    )
+
+
+def _first_scan_components(data: bytes) -> int:
+    """How many components the first scan holds (0 when it cannot be told: assume the worst)."""
+    for marker, start in _jpeg_markers(data):
+        if marker == 0xDA and start < len(data):
+            return data[start]
+    return 0
 
 
 def _resizable(image: Image.Image) -> Image.Image:

@@ -1,10 +1,11 @@
-"""Bounds the fetcher puts on itself: requests per host, and bytes of bodies held in memory."""
+"""Bounds the fetcher puts on itself: requests per host, and bytes held in memory (bodies, decodes)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
 
@@ -45,15 +46,44 @@ class HostLimiter:
                 del self._hosts[host]
 
 
-class ByteBudget:
-    """Bytes of downloaded bodies in memory at once, counted as they arrive and held until the
-    body is decoded, so memory does not grow with the number of downloads in flight.
+class TimeBudget:
+    """Seconds one URL may spend with servers, across its redirects, retries and the backoff
+    between them, so a URL ends within one deadline however its hops and tries add up. Waits
+    for a connection slot are not spent: they measure our own queue, not the server."""
 
-    Each download draws from the budget through its own `Allowance`, a chunk at a time; a chunk
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self._clock = clock
+        self._spent = 0.0
+
+    @property
+    def left(self) -> float:
+        return self.seconds - self._spent
+
+    @contextmanager
+    def spending(self) -> Iterator[None]:
+        started = self._clock()
+        try:
+            yield
+        finally:
+            self._spent += self._clock() - started
+
+
+class ByteBudget:
+    """Bytes in memory at once, shared by all the work that holds them: bodies of downloads,
+    counted as they arrive and held until decoded, or the estimated memory of decodes under way.
+    Memory then does not grow with the amount of work in flight.
+
+    Each user draws through its own `Allowance`. A download takes a chunk at a time, and a chunk
     that does not fit waits. Bodies held part-way could then wait on each other forever, so one
     download at a time may overdraw: the waiting one that holds the most, which is the closest
     to finishing or to its size cap. It finishes, gives everything back, and the others go on.
     Memory therefore stays below `limit` plus one body (`FETCHER_MAX_BYTES`).
+
+    A first take (an allowance holding nothing yet, such as a decode reserving its whole
+    estimate at once) never overdraws, must fit in `limit`, and is served in arrival order: a
+    large one waiting is not passed by smaller first takes behind it, which would otherwise
+    keep it waiting as long as small ones keep coming.
     """
 
     def __init__(self, limit: int) -> None:
@@ -65,12 +95,22 @@ class ByteBudget:
     def allowance(self) -> Allowance:
         return Allowance(self)
 
+    async def reserve(self, size: int) -> Allowance:
+        """A new allowance holding `size` bytes, once they fit."""
+        allowance = Allowance(self)
+        await allowance.take(size)
+        return allowance
+
     @property
     def waiters(self) -> int:
         return len(self._waiting)
 
     async def _take(self, allowance: Allowance, size: int) -> None:
-        if self.used + size <= self.limit or self._may_overdraw(allowance):
+        if allowance.held == 0 and size > self.limit:
+            raise ValueError(f"{size} bytes can never fit in a budget of {self.limit}")
+        if (self.used + size <= self.limit and not self._first_takes_waiting(allowance)) or self._may_overdraw(
+            allowance
+        ):
             self._grant(allowance, size)
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -104,19 +144,28 @@ class ByteBudget:
         self.used += size
         allowance.held += size
 
+    def _first_takes_waiting(self, allowance: Allowance) -> bool:
+        """Whether a first take must queue behind first takes already waiting."""
+        return allowance.held == 0 and any(a.held == 0 and not f.done() for a, (_, f) in self._waiting.items())
+
     def _wake(self) -> None:
+        first_take_blocked = False
         for allowance, (size, future) in list(self._waiting.items()):
             if future.done():  # cancelled; its task leaves the queue when it resumes
                 continue
-            if self.used + size <= self.limit or self._may_overdraw(allowance):
+            first = allowance.held == 0
+            fits = self.used + size <= self.limit and not (first and first_take_blocked)
+            if fits or self._may_overdraw(allowance):
                 del self._waiting[allowance]
                 self._grant(allowance, size)
                 future.set_result(None)
+            elif first:
+                first_take_blocked = True  # the ones behind wait their turn
 
 
 class Allowance:
-    """One download's share of a `ByteBudget`: `take(n)` before keeping n more bytes,
-    `release()` once the body is no longer needed (idempotent)."""
+    """One user's share of a `ByteBudget`: `take(n)` before keeping n more bytes, `release()`
+    (or the end of a `with` block) once they are no longer needed (idempotent)."""
 
     __slots__ = ("_budget", "held")
 
@@ -130,3 +179,9 @@ class Allowance:
     def release(self) -> None:
         if self.held:
             self._budget._release(self)
+
+    def __enter__(self) -> Allowance:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release()

@@ -23,6 +23,9 @@ CACHE_BYTES = Gauge("tagstream_fetch_cache_bytes", "Bytes held by the result cac
 BUFFERED_BYTES = Gauge(
     "tagstream_fetch_buffered_bytes", "Bytes of downloaded bodies in memory, from first byte until decoded."
 )
+DECODE_MEMORY_BYTES = Gauge(
+    "tagstream_decode_memory_bytes", "Estimated peak memory of the decodes under way or admitted to start."
+)
 DECODE_SECONDS = Histogram(
     "tagstream_decode_seconds",
     "Check, decode, resize and crop of one image, in a decode worker.",

@@ -35,7 +35,7 @@ from services.common.timeutil import now_ms
 from . import metrics
 from .cache import ResultCache
 from .fetch import Fetcher, FetchError, is_transient
-from .imaging import ImageError, ModelInput, to_model_input
+from .imaging import ImageError, ModelInput, OpenImage, decode, open_image
 from .settings import FetcherSettings
 
 
@@ -90,19 +90,27 @@ class ImagePipeline:
 
     async def _download_and_decode(self, url: str) -> ModelInput:
         started = time.monotonic()
+        s = self.settings
+        loop = asyncio.get_running_loop()
         with await self.fetcher.fetch(url) as body:  # the body's memory is given back once decoded
             metrics.FETCH_SECONDS.observe(time.monotonic() - started)
             metrics.FETCH_BYTES.inc(len(body.data))
-            queued = time.monotonic()
-            image, decode_s, waited_s = await asyncio.get_running_loop().run_in_executor(
+            # The header is read in a worker too: a hostile one can be slow to parse. What it says
+            # the decode will take is refused over the per-image cap, and otherwise waits for
+            # room among the decodes under way before it starts.
+            opened, waited_s = await loop.run_in_executor(
                 self.decode_pool,
-                decode_timed,
+                open_timed,
                 body.data,
-                self.settings.image_size,
-                self.settings.max_pixels,
-                queued,
-                self.settings.image_encoding,
+                s.image_size,
+                s.max_pixels,
+                s.max_image_memory_bytes,
+                time.monotonic(),
             )
+            with opened, await self.fetcher.decode_budget.reserve(opened.memory_bytes):
+                image, decode_s = await loop.run_in_executor(
+                    self.decode_pool, decode_timed, opened, s.image_size, s.image_encoding
+                )
         metrics.DECODE_SECONDS.observe(decode_s)
         metrics.DECODE_QUEUE_SECONDS.observe(waited_s)
         return image
@@ -113,14 +121,17 @@ class ImagePipeline:
         return None
 
 
-def decode_timed(
-    data: bytes, size: int, max_pixels: int, queued_at: float, encoding: pixels.Encoding = "raw"
-) -> tuple[ModelInput, float, float]:
-    """`to_model_input` (and the wire encoding) in a decode worker, with its own duration and
-    its wait for the worker. Encoding here means once per URL, off the event loop."""
+def open_timed(data: bytes, size: int, max_pixels: int, max_memory: int, queued_at: float) -> tuple[OpenImage, float]:
+    """`open_image` in a decode worker, with its wait for the worker."""
+    return open_image(data, size, max_pixels, max_memory), time.monotonic() - queued_at
+
+
+def decode_timed(opened: OpenImage, size: int, encoding: pixels.Encoding = "raw") -> tuple[ModelInput, float]:
+    """`decode` (and the wire encoding) in a decode worker, with its own duration. Encoding here
+    means once per URL, off the event loop."""
     started = time.monotonic()
-    image = to_model_input(data, size, max_pixels)
+    image = decode(opened, size)
     if encoding != "raw":
         pixel_format, encoded = pixels.encode(image.pixels, size, encoding)
         image = dataclasses.replace(image, pixels=encoded, pixel_format=pixel_format)
-    return image, time.monotonic() - started, started - queued_at
+    return image, time.monotonic() - started

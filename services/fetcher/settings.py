@@ -28,7 +28,8 @@ class FetcherSettings(StreamSettings):
     connect_timeout_s: float = Field(default=5.0, gt=0)
     #: longest silence while reading an answer
     read_timeout_s: float = Field(default=10.0, gt=0)
-    #: one request, from connecting to the last byte of the body
+    #: one URL, from the first connection to the last byte of the body, across its redirects,
+    #: retries and their backoff (waits for a connection slot are not counted)
     total_timeout_s: float = Field(default=20.0, gt=0)
     #: further tries after a timeout or a 5xx answer, and the backoff between them (full jitter)
     max_retries: int = Field(default=2, ge=0)
@@ -47,6 +48,10 @@ class FetcherSettings(StreamSettings):
     refusal_cache_ttl_s: float = Field(default=60.0, ge=0)
     #: refuse images with more pixels than this before decoding them (decompression bombs)
     max_pixels: int = Field(default=50_000_000, ge=1)
+    #: refuse an image whose decode would take more memory than this (estimated from its header)
+    max_image_memory_bytes: int = Field(default=160 * 1024 * 1024, ge=1)
+    #: memory of all decodes under way together, estimated the same way: a decode waits for room
+    max_decode_memory_bytes: int = Field(default=192 * 1024 * 1024, ge=1)
     #: side of the square model input
     image_size: int = Field(default=224, ge=1)
     #: pixels in `images`: a quality-90 JPEG (about 1/20 of the bytes; bench/README.md) or raw RGB
@@ -58,4 +63,9 @@ class FetcherSettings(StreamSettings):
     def _budget_fits_one_body(self) -> FetcherSettings:
         if self.max_buffered_bytes < self.max_bytes:
             raise ValueError("max_buffered_bytes must be at least max_bytes, or a large image could never be read")
+        if self.max_decode_memory_bytes < self.max_image_memory_bytes:
+            raise ValueError(
+                "max_decode_memory_bytes must be at least max_image_memory_bytes, or an image under the cap "
+                "could never be decoded"
+            )
         return self

@@ -81,6 +81,9 @@ class ImageHost:
         self.app.router.add_get("/status/{code}", self._status)
         self.app.router.add_get("/flaky/{failures}/{key}", self._flaky)
         self.app.router.add_get("/redirect", self._redirect)
+        self.app.router.add_get("/slow/{ms}/redirect", self._slow_redirect)
+        self.app.router.add_get("/slow/{ms}/status/{code}", self._slow_status)
+        self.app.router.add_get("/slow/{ms}/files/{name}", self._slow_file)
         self.app.router.add_get("/trickle", self._trickle)
         self.app.router.add_get("/chunked/{size}", self._chunked)
         self.app.router.add_get("/declared/{size}", self._declared)
@@ -114,6 +117,24 @@ class ImageHost:
     async def _redirect(self, request: web.Request) -> web.Response:
         self._count(request)
         return web.Response(status=302, headers={"Location": request.query["to"]})  # as given, valid or not
+
+    async def _slow_redirect(self, request: web.Request) -> web.Response:
+        """A redirect, after `ms` milliseconds."""
+        self._count(request)
+        await asyncio.sleep(int(request.match_info["ms"]) / 1000)
+        return web.Response(status=302, headers={"Location": request.query["to"]})
+
+    async def _slow_status(self, request: web.Request) -> web.Response:
+        """`code`, after `ms` milliseconds."""
+        self._count(request)
+        await asyncio.sleep(int(request.match_info["ms"]) / 1000)
+        return web.Response(status=int(request.match_info["code"]), text="slow")
+
+    async def _slow_file(self, request: web.Request) -> web.Response:
+        """A file, after `ms` milliseconds."""
+        self._count(request)
+        await asyncio.sleep(int(request.match_info["ms"]) / 1000)
+        return web.Response(body=self.files[request.match_info["name"]], content_type="image/jpeg")
 
     async def _trickle(self, request: web.Request) -> web.StreamResponse:
         """A JPEG header, then a byte per second, for a minute."""

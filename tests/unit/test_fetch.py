@@ -88,11 +88,51 @@ async def test_5xx_retries_are_bounded(server: TestServer, host: ImageHost) -> N
     assert host.hits["/flaky/5/b"] == 2
 
 
-async def test_a_timeout_is_retried(server: TestServer, host: ImageHost) -> None:
-    async with fetcher(max_retries=1, total_timeout_s=0.5) as f:
+async def test_a_timeout_is_retried_while_the_url_has_time_left(server: TestServer, host: ImageHost) -> None:
+    # a server silent after its headers: each try ends on the read timeout, well within the URL's
+    async with fetcher(max_retries=1, read_timeout_s=0.3, total_timeout_s=5) as f:
         assert await reason(f, str(server.make_url("/declared/1000"))) == "timeout"
         assert f.budget.used == 0
     assert host.hits["/declared/1000"] == 2
+
+
+async def test_one_deadline_covers_every_redirect(server: TestServer, host: ImageHost) -> None:
+    """Three redirects of 0.6 s each: every hop is within the total timeout, their sum is not."""
+    target = str(server.make_url("/files/photo.jpg"))
+    for _ in range(3):
+        target = str(server.make_url("/slow/600/redirect").with_query(to=target))
+    async with fetcher(max_redirects=3, total_timeout_s=1.0, max_retries=0) as f:
+        assert await reason(f, target) == "timeout"
+    assert host.hits["/slow/600/redirect"] <= 2  # the second hop ran out of the URL's time
+    assert host.hits["/files/photo.jpg"] == 0
+
+
+async def test_one_deadline_covers_every_retry(server: TestServer, host: ImageHost) -> None:
+    """A 503 after 0.6 s, tried again: the second try has only what the first left of the URL's time."""
+    async with fetcher(max_retries=3, total_timeout_s=1.0) as f:
+        assert await reason(f, str(server.make_url("/slow/600/status/503"))) == "timeout"
+    assert host.hits["/slow/600/status/503"] == 2
+
+
+async def test_no_retry_starts_once_the_deadline_is_spent(server: TestServer, host: ImageHost) -> None:
+    """A 503 that took the URL's whole time is the answer: no retry that could only time out."""
+    async with fetcher(max_retries=3, total_timeout_s=0.5) as f:
+        assert await reason(f, str(server.make_url("/slow/500/status/503"))) in {"timeout", "http_503"}
+    assert host.hits["/slow/500/status/503"] == 1
+
+
+async def test_a_wait_for_a_connection_slot_is_not_spent_from_the_deadline(server: TestServer) -> None:
+    """One slot for the host: the second URL waits 0.7 s for it, then takes 0.5 s with the server,
+    within its 1 s although 1.2 s have passed since it was asked for."""
+    slow_file = str(server.make_url("/slow/700/files/photo.jpg"))
+    quick_enough = str(server.make_url("/slow/500/files/photo.jpg"))
+    async with fetcher(max_connections_per_host=1, total_timeout_s=1.0, max_retries=0) as f:
+        first = asyncio.create_task(f.fetch(slow_file))
+        await asyncio.sleep(0.05)  # the first holds the slot
+        second = await f.fetch(quick_enough)
+        assert second.data == PHOTO
+        second.release()
+        (await first).release()
 
 
 async def test_read_timeout_ends_a_silent_server(server: TestServer) -> None:

@@ -31,6 +31,10 @@ Decode
   27. JPEG declaring huge dimensions (`too_many_pixels`)      31. garbage after valid magic bytes (`corrupt_image`)
 Slow server
   32. a byte per second, cut off by the total timeout (`timeout`), no memory held
+Decode memory (`too_much_memory`), under the default pixel limit: a few bytes to 100 KB each
+  33. lossless WebP of one colour, 7071x7071 (38 bytes)   35. palette PNG with transparency
+  34. 16-bit grey PNG                                        36. GIF of one colour
+  37. PNG text chunks inflating to megabytes while the header is read (`corrupt_image`)
 """
 
 from __future__ import annotations
@@ -84,13 +88,20 @@ FILES = {
     "archive.zip": b"PK\x03\x04" + b"\x00" * 60,
     "program": b"\x7fELF\x02\x01\x01" + b"\x00" * 60,
     "empty": b"",
+    **{name: make() for name, make in hostile_images.DECODE_BOMBS.items()},
+    "text-chunks.png": hostile_images.png_text_chunks_bomb(),
 }
 
 
 def default_settings(**overrides: Any) -> FetcherSettings:
-    settings = FetcherSettings(
-        max_pixels=5_000_000, retry_backoff_s=0.01, retry_backoff_max_s=0.02, dns_cache_ttl_s=0, **overrides
-    )
+    values: dict[str, Any] = {
+        "max_pixels": 5_000_000,
+        "retry_backoff_s": 0.01,
+        "retry_backoff_max_s": 0.02,
+        "dns_cache_ttl_s": 0,
+        **overrides,
+    }
+    settings = FetcherSettings(**values)
     assert not settings.allow_private_networks, "hostile input is tested with the default protection"
     return settings
 
@@ -396,4 +407,19 @@ async def test_32_a_byte_per_second(decode_pool: ThreadPoolExecutor) -> None:
         await until(lambda: budget.used > 0)  # the first bytes arrived
         assert budget.used < 10  # bytes held: what arrived, nothing more
         assert await reading == "timeout"
-    assert host.hits["/trickle"] == 2  # timeouts are retried, once here
+    assert host.hits["/trickle"] == 1  # the URL's one deadline is spent: no time is left for a retry
+
+
+# decode memory --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(hostile_images.DECODE_BOMBS))
+async def test_33_to_36_decode_bombs(decode_pool: ThreadPoolExecutor, image_host: TestServer, name: str) -> None:
+    """Under the default pixel limit, refused by what their decode would take."""
+    async with refusals_with(decode_pool, max_pixels=FetcherSettings().max_pixels) as refusals:
+        assert await refusals.reason(url(image_host, f"/files/{name}")) == "too_much_memory"
+        assert refusals.pipeline.fetcher.decode_budget.used == 0
+
+
+async def test_37_png_text_chunks(refusals: Refusals, image_host: TestServer) -> None:
+    assert await refusals.reason(url(image_host, "/files/text-chunks.png")) == "corrupt_image"

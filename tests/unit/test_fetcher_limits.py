@@ -139,3 +139,60 @@ async def test_a_cancelled_wait_leaves_the_queue() -> None:
     holder.release()  # twice is harmless
     assert budget.used == 0
     assert other.held == 0
+
+
+async def test_a_reservation_waits_until_its_whole_size_fits() -> None:
+    budget = ByteBudget(100)
+    running = await budget.reserve(70)
+    waiting = asyncio.create_task(budget.reserve(40))
+    await asyncio.sleep(0)
+    assert not waiting.done()  # a first take never overdraws, whatever it is for
+    running.release()
+    with await waiting as reserved:
+        assert (reserved.held, budget.used) == (40, 40)
+    assert budget.used == 0
+
+
+async def test_a_large_reservation_is_not_passed_by_smaller_ones_behind_it() -> None:
+    """Decodes reserve their whole estimate at once: a large one waiting must get its turn,
+    not wait for as long as small ones keep arriving and fitting in what is left."""
+    budget = ByteBudget(100)
+    running = await budget.reserve(60)
+    large = asyncio.create_task(budget.reserve(80))
+    await asyncio.sleep(0)
+    small = asyncio.create_task(budget.reserve(10))  # would fit now, but the large one came first
+    await asyncio.sleep(0)
+    assert not large.done()
+    assert not small.done()
+    running.release()  # the large one first; the small one fits beside it
+    granted_large, granted_small = await asyncio.gather(large, small)
+    assert (granted_large.held, granted_small.held, budget.used) == (80, 10, 90)
+    granted_large.release()
+    granted_small.release()
+    assert budget.used == 0
+    assert budget.waiters == 0
+
+
+async def test_a_download_part_way_is_not_held_up_by_a_waiting_reservation() -> None:
+    """Chunks of a body held part-way still fit or overdraw past a first take that waits,
+    so bodies cannot wait on each other forever behind it."""
+    budget = ByteBudget(100)
+    body = budget.allowance()
+    await body.take(50)
+    other = await budget.reserve(40)
+    large = asyncio.create_task(budget.reserve(90))
+    await asyncio.sleep(0)
+    await body.take(30)  # overdraws: it holds part of a body
+    assert not large.done()
+    body.release()
+    other.release()
+    (await large).release()
+    assert budget.used == 0
+
+
+async def test_a_first_take_larger_than_the_budget_is_an_error_not_a_wait() -> None:
+    budget = ByteBudget(100)
+    with pytest.raises(ValueError, match="can never fit"):
+        await budget.reserve(101)
+    assert budget.used == 0
+    assert budget.waiters == 0
