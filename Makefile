@@ -28,6 +28,31 @@ kafka-jars:  ## Apache Kafka's jars from Maven Central, cached in .cache/kafka
 model: $(STAMP)  ## export ResNet50 to ONNX (CHECKPOINT=path for fine-tuned weights, FORCE=1 to redo)
 	$(PY) -m tools.model.export $(if $(CHECKPOINT),--source checkpoint --checkpoint $(CHECKPOINT)) $(if $(FORCE),--force)
 
+# Opt-in, never part of `make test`: PyTorch in a virtualenv of its own (about 2.3 GB to download).
+TORCH_VENV := .venv-torch
+TORCH_PY := $(TORCH_VENV)/bin/python
+TORCH_STAMP := $(TORCH_VENV)/.installed
+VERIFY_DIR ?= .run/verify-export
+.PHONY: torch-venv verify-export finetune
+
+$(TORCH_STAMP): tools/model/requirements-torch.txt
+	$(PYTHON_BIN) -m venv $(TORCH_VENV)
+	$(TORCH_PY) -m pip install --quiet --upgrade pip
+	$(TORCH_PY) -m pip install --quiet --no-deps -r tools/model/requirements-torch.txt
+	$(TORCH_PY) -c 'import torch, torchvision, onnxscript'
+	touch $@
+
+torch-venv: $(TORCH_STAMP)  ## PyTorch and torchvision in .venv-torch (pins: tools/model/requirements-torch.txt)
+
+verify-export: $(STAMP) $(TORCH_STAMP)  ## run the torch export paths with weights=None, serve them on a Triton of its own, compare with torch
+	rm -rf $(VERIFY_DIR)
+	$(TORCH_PY) -m tools.model.verify_export torch --out $(VERIFY_DIR)
+	$(PY) -m tools.model.verify_export serve --out $(VERIFY_DIR)
+
+finetune: $(TORCH_STAMP)  ## train the 13-class head on `make dataset`'s CSV: DATASET=... [EPOCHS=...] [CHECKPOINT=out.pt]
+	$(TORCH_PY) -m tools.model.finetune --dataset $(DATASET) --out $(or $(CHECKPOINT),.run/finetune/checkpoint.pt) \
+		$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(INIT),--init $(INIT))
+
 system-deps:  ## Debian packages (scripts/system-deps.sh), installed only when missing
 	scripts/system-deps.sh
 
