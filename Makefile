@@ -100,6 +100,12 @@ test-unit: venv k8s-tools  ## only the tests that need no running stack
 bench: setup  ## the benchmarks: a table, and bench/results/latest.json (ONLY="name ..." for some)
 	$(PY) -m bench.run $(if $(ONLY),--only $(ONLY))
 
+SEED ?= $(shell date +%s)
+.PHONY: fuzz
+fuzz: venv  ## the property tests (marker fuzz) with many more examples; SEED=... repeats a run
+	@echo "hypothesis seed: $(SEED) (make fuzz SEED=$(SEED) repeats this run)"
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q -m fuzz --hypothesis-seed=$(SEED)
+
 lint: venv  ## ruff and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
