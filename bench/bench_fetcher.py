@@ -1,5 +1,7 @@
 """The fetcher against a loopback image server: speed-up over a sequential loop, share of the
-machine's decode bound it reaches, and peak memory under slow and oversized responses.
+machine's decode bound it reaches, peak memory under slow and oversized responses, and peak
+memory of the real service process (`python -m services.fetcher` on Kafka) with decode bombs
+in flight.
 
 This process (the image set, the decode bound, the sequential baseline), the image server
 (`bench/fetcher_server.py`), and fetcher processes (`bench/fetcher_load.py`), which run the
@@ -14,22 +16,28 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import requests
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from bench.figures import Figure
-from bench.stack import free_port
+from bench.stack import free_port, running
 from services.common.cpus import available_cpus
+from services.common.settings import KafkaSettings
 from services.fetcher.imaging import to_model_input
 from services.fetcher.settings import FetcherSettings
+from tools import hostile_images
 from tools.demo_data import photo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +50,7 @@ SLOW = 500
 OVERSIZED = 40
 MEMORY_IMAGES = 400
 LOOPBACK_ADDRESSES = 19  # 16 hosts for the slow responses, one each for photos, declared and chunked
+BOMB_POSTS = 16  # four images each: every other post four bombs refused, then four admitted
 
 
 def run() -> list[Figure]:
@@ -69,6 +78,11 @@ def run() -> list[Figure]:
                 "memory", "--port", str(port), "--slow", str(SLOW), "--oversized", str(OVERSIZED),
                 "--images", str(MEMORY_IMAGES),
             )  # fmt: skip
+    bombs = decode_bombs()
+    # the same load with the per-image cap and the shared budget lifted: what issue 16 saw
+    uncapped = decode_bombs(
+        {"FETCHER_MAX_IMAGE_MEMORY_BYTES": str(2**40), "FETCHER_MAX_DECODE_MEMORY_BYTES": str(2**40)}
+    )
     rounds = [
         _round(run["images_per_s"], before["bound_images_per_s"], after["bound_images_per_s"])
         for run, (before, after) in zip(fast_runs, itertools.pairwise(bounds), strict=True)
@@ -135,6 +149,25 @@ def run() -> list[Figure]:
                     f"{OVERSIZED - OVERSIZED // 2} chunked 30 MB bodies, and {MEMORY_IMAGES} photos"
                 ),
                 **memory,
+            },
+        ),
+        Figure(
+            "fetcher_decode_bombs_peak_rss_mb",
+            bombs["peak_rss_mb"],
+            "MB",
+            "< 400",
+            {
+                "measured": (
+                    f"peak RSS (VmHWM) of the fetcher service process (python -m services.fetcher, default "
+                    f"settings, reading fresh topics on the local Kafka) handling {BOMB_POSTS} posts of four "
+                    f"images at once: every other post four decode bombs of 7071x7071 (refused before "
+                    f"decoding), the others four images each under the per-image memory cap, which decode "
+                    f"in turn within the shared decode budget"
+                ),
+                **bombs,
+                "without_the_memory_caps": {
+                    k: uncapped[k] for k in ("peak_rss_mb", "outcomes", "seconds", "still_ready_after")
+                },
             },
         ),
     ]
@@ -257,6 +290,153 @@ def fetcher_loads(arg_lists: list[list[str]]) -> list[dict[str, Any]]:
             raise RuntimeError(f"fetcher load {args} failed: {stderr[-2000:]}")
         results.append(json.loads(stdout.strip().splitlines()[-1]))
     return results
+
+
+def bomb_files(directory: Path) -> dict[str, int]:
+    """The decode bombs, then images just under the default per-image memory cap (each still
+    decodes to about 150 MiB); their sizes in bytes."""
+    settings = FetcherSettings()
+    admitted = {
+        "4-grey-16bit-3900.png": hostile_images.png_16bit_grey_bomb(3900, 3900),
+        "5-palette-transparency-4200.png": hostile_images.png_palette_transparency_bomb(4200, 4200),
+        "6-one-colour-5600.gif": hostile_images.gif_bomb(5600, 5600),
+        "7-webp-lossless-3000.webp": hostile_images.webp_lossless_bomb(3000, 3000),
+    }
+    files = {f"{n}-{name}": make() for n, (name, make) in enumerate(hostile_images.DECODE_BOMBS.items())}
+    files.update(admitted)
+    for name, data in files.items():
+        (directory / name).write_bytes(data)
+    for data in admitted.values():  # the load is what it says: these pass the cap
+        to_model_input(data, settings.image_size, settings.max_pixels, settings.max_image_memory_bytes)
+    return {name: len(data) for name, data in files.items()}
+
+
+def decode_bombs(overrides: dict[str, str] | None = None) -> dict[str, Any]:
+    """Peak RSS of a real fetcher process with decode bombs in flight; `overrides` are added to
+    its environment."""
+    with tempfile.TemporaryDirectory(prefix="bench-bombs-") as tmp, running("scripts/kafka.sh"):
+        directory = Path(tmp) / "files"
+        directory.mkdir()
+        sizes = bomb_files(directory)
+        tweets, images = _fresh_topics("tweets", "images")
+        metrics_port = free_port()
+        env = {
+            "FETCHER_INPUT_TOPIC": tweets,
+            "FETCHER_OUTPUT_TOPIC": images,
+            "FETCHER_GROUP_ID": f"bench-fetcher-{uuid.uuid4().hex[:8]}",
+            "FETCHER_METRICS_PORT": str(metrics_port),
+            "FETCHER_ALLOW_PRIVATE_NETWORKS": "true",  # the image server is on loopback
+            "FETCHER_SHEDDING_ENABLED": "false",
+            "FETCHER_DOWNSTREAM_GROUP": "",
+            **(overrides or {}),
+        }
+        with image_server(directory) as port, (Path(tmp) / "fetcher.log").open("wb") as log:
+            fetcher = subprocess.Popen(
+                [sys.executable, "-m", "services.fetcher"], cwd=ROOT, env={**os.environ, **env}, stderr=log
+            )
+            try:
+                _wait_http(f"http://127.0.0.1:{metrics_port}/healthz", fetcher)
+                before = _status_mb(fetcher.pid, "VmRSS")
+                started = time.monotonic()
+                _replay(Path(tmp), tweets, port)
+                images_total = 4 * BOMB_POSTS
+                outcomes: dict[str, float] = {}
+                sampled = 0.0
+                while sum(outcomes.values()) < images_total:
+                    if fetcher.poll() is not None or time.monotonic() - started > 600:
+                        raise RuntimeError(
+                            f"fetcher ended or stalled: {(Path(tmp) / 'fetcher.log').read_text()[-2000:]}"
+                        )
+                    sampled = max(sampled, _status_mb(fetcher.pid, "VmRSS"))
+                    outcomes = _fetch_results(metrics_port)
+                    time.sleep(0.2)
+                elapsed = time.monotonic() - started
+                peak = _status_mb(fetcher.pid, "VmHWM")
+                _wait_http(f"http://127.0.0.1:{metrics_port}/healthz", fetcher)  # still up and ready
+            finally:
+                fetcher.terminate()
+                try:
+                    fetcher.wait(30)
+                except subprocess.TimeoutExpired:
+                    fetcher.kill()
+                    fetcher.wait()
+    settings = FetcherSettings()
+    return {
+        "peak_rss_mb": peak,
+        "peak_rss_sampled_mb": sampled,
+        "rss_before_load_mb": before,
+        "outcomes": outcomes,
+        "seconds": round(elapsed, 1),
+        "still_ready_after": True,
+        "files_bytes": sizes,
+        "settings": {
+            "max_pixels": settings.max_pixels,
+            "max_image_memory_bytes": settings.max_image_memory_bytes,
+            "max_decode_memory_bytes": settings.max_decode_memory_bytes,
+            "decode_workers": settings.decode_workers,
+        },
+    }
+
+
+def _fresh_topics(*names: str) -> list[str]:
+    unique = [f"bench-{name}-{uuid.uuid4().hex[:8]}" for name in names]
+    admin = AdminClient(KafkaSettings().client_config())
+    for future in admin.create_topics([NewTopic(name, num_partitions=1) for name in unique]).values():
+        future.result(timeout=30)
+    return unique
+
+
+def _replay(directory: Path, topic: str, port: int) -> None:
+    """BOMB_POSTS posts of four photos each, produced by the ingest service's own replay."""
+    path = directory / "posts.jsonl"
+    with path.open("w") as f:
+        for post in range(BOMB_POSTS):
+            keys = [f"3_{post * 4 + i}" for i in range(4)]
+            media = [
+                {"media_key": key, "type": "photo", "url": f"http://127.0.0.1:{port}/img/0/{post * 4 + i}"}
+                for i, key in enumerate(keys)
+            ]
+            payload = {
+                "data": {"id": str(1_900_000_000_000_000_000 + post), "text": "bombs", "author_id": "1",
+                         "attachments": {"media_keys": keys}},
+                "includes": {"media": media, "users": [{"id": "1", "username": "bench", "name": "bench"}]},
+                "matching_rules": [{"id": "1", "tag": "targeted:cats"}],
+            }  # fmt: skip
+            f.write(json.dumps(payload) + "\n")
+    env = {**os.environ, "INGEST_OUTPUT_TOPIC": topic, "INGEST_DLQ_TOPIC": topic + ".dlq"}
+    command = [sys.executable, "-m", "services.ingest", "replay", str(path), "--rate", "0"]
+    subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True)
+
+
+def _fetch_results(port: int) -> dict[str, float]:
+    """tagstream_fetch_results_total by reason ("ok" for images that were not refused)."""
+    results: dict[str, float] = {}
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("tagstream_fetch_results_total{"):
+                labels, _, value = line.rpartition(" ")
+                reason = labels.split('reason="', 1)[1].split('"', 1)[0] or "ok"
+                results[reason] = results.get(reason, 0.0) + float(value)
+    return results
+
+
+def _status_mb(pid: int, field: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError(f"no {field} for process {pid}")
+
+
+def _wait_http(url: str, process: subprocess.Popen[bytes], timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{url} not ready") from None
+            time.sleep(0.3)
 
 
 @contextmanager
