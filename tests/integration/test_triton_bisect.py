@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from services.classifier.batcher import MicroBatcher
 from services.classifier.triton import TritonModel
@@ -132,6 +133,7 @@ def test_the_classifier_dead_letters_the_refused_record_and_publishes_the_rest(
     kafka: None, rejecting_triton: Triton, tmp_path: Path
 ) -> None:
     topics = fresh_topics("images", "predictions")
+    dead_letter_topic(topics[0] + ".dlq")
     marked = {3, 12, 13}
     records = [
         image_record(str(30_000 + i), image(40 + i, marked=i in marked).tobytes()) | {"pixel_format": pixels.RAW}
@@ -154,6 +156,13 @@ def test_the_classifier_dead_letters_the_refused_record_and_publishes_the_rest(
     assert sorted(letter["key"] for letter in letters) == sorted(records[i]["tweet_id"] for i in marked)
     for letter in letters:
         assert letter["headers"]["error"] == b"inference_rejected"
+
+
+def dead_letter_topic(name: str) -> None:
+    """The input's DLQ: the broker creates no topic by itself, and the stack's are not this test's."""
+    admin = AdminClient({"bootstrap.servers": "localhost:9092"})
+    for future in admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)]).values():
+        future.result(30)
 
 
 def refused_requests(port: int) -> float:
