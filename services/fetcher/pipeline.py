@@ -35,7 +35,7 @@ from services.common.timeutil import now_ms
 from . import metrics
 from .cache import ResultCache
 from .fetch import Fetcher, FetchError, is_transient
-from .imaging import ImageError, ModelInput, OpenImage, decode, open_image
+from .imaging import ImageError, ModelInput, memory_needed, to_model_input
 from .settings import FetcherSettings
 
 
@@ -98,18 +98,18 @@ class ImagePipeline:
             # The header is read in a worker too: a hostile one can be slow to parse. What it says
             # the decode will take is refused over the per-image cap, and otherwise waits for
             # room among the decodes under way before it starts.
-            opened, waited_s = await loop.run_in_executor(
+            needed, waited_s = await loop.run_in_executor(
                 self.decode_pool,
-                open_timed,
+                memory_needed_timed,
                 body.data,
                 s.image_size,
                 s.max_pixels,
                 s.max_image_memory_bytes,
                 time.monotonic(),
             )
-            with opened, await self.fetcher.decode_budget.reserve(opened.memory_bytes):
+            with await self.fetcher.decode_budget.reserve(needed):
                 image, decode_s = await loop.run_in_executor(
-                    self.decode_pool, decode_timed, opened, s.image_size, s.image_encoding
+                    self.decode_pool, decode_timed, body.data, s.image_size, s.max_pixels, s.image_encoding
                 )
         metrics.DECODE_SECONDS.observe(decode_s)
         metrics.DECODE_QUEUE_SECONDS.observe(waited_s)
@@ -121,16 +121,20 @@ class ImagePipeline:
         return None
 
 
-def open_timed(data: bytes, size: int, max_pixels: int, max_memory: int, queued_at: float) -> tuple[OpenImage, float]:
-    """`open_image` in a decode worker, with its wait for the worker."""
-    return open_image(data, size, max_pixels, max_memory), time.monotonic() - queued_at
+def memory_needed_timed(
+    data: bytes, size: int, max_pixels: int, max_memory: int, queued_at: float
+) -> tuple[int, float]:
+    """`memory_needed` in a decode worker, with its wait for the worker."""
+    return memory_needed(data, size, max_pixels, max_memory), time.monotonic() - queued_at
 
 
-def decode_timed(opened: OpenImage, size: int, encoding: pixels.Encoding = "raw") -> tuple[ModelInput, float]:
-    """`decode` (and the wire encoding) in a decode worker, with its own duration. Encoding here
-    means once per URL, off the event loop."""
+def decode_timed(
+    data: bytes, size: int, max_pixels: int, encoding: pixels.Encoding = "raw"
+) -> tuple[ModelInput, float]:
+    """`to_model_input` (and the wire encoding) in a decode worker, once its memory is admitted,
+    with its own duration. Encoding here means once per URL, off the event loop."""
     started = time.monotonic()
-    image = decode(opened, size)
+    image = to_model_input(data, size, max_pixels)
     if encoding != "raw":
         pixel_format, encoded = pixels.encode(image.pixels, size, encoding)
         image = dataclasses.replace(image, pixels=encoded, pixel_format=pixel_format)

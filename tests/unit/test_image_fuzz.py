@@ -26,7 +26,7 @@ from PIL import Image
 
 from services.common import pixels
 from services.fetcher.imaging import ImageError, ModelInput, to_model_input
-from services.fetcher.pipeline import decode_timed, open_timed
+from services.fetcher.pipeline import decode_timed, memory_needed_timed
 
 pytestmark = pytest.mark.fuzz
 T = TypeVar("T")
@@ -177,9 +177,9 @@ def test_the_pipeline_decode_path_gives_a_wire_image_the_classifier_reads(data: 
     classifier decodes to exactly the model's shape."""
 
     def decode_path() -> ModelInput:
-        opened, _ = open_timed(data, SIZE, MAX_PIXELS, MAX_MEMORY, time.monotonic())
-        with opened:
-            return decode_timed(opened, SIZE, "jpeg")[0]
+        needed, _ = memory_needed_timed(data, SIZE, MAX_PIXELS, MAX_MEMORY, time.monotonic())
+        assert needed <= MAX_MEMORY
+        return decode_timed(data, SIZE, MAX_PIXELS, "jpeg")[0]
 
     with PeakMemory() as memory:
         outcome = attempt(decode_path, ImageError)
