@@ -29,8 +29,10 @@ from confluent_kafka import Consumer, Producer
 from services.common import pixels
 from services.common.avro import IMAGES, PREDICTIONS
 from services.common.cpus import available_cpus
-from services.common.kafka import TopicSpec, ensure_topics
+from services.common.envelope import Envelope
+from services.common.kafka import ensure_topics
 from services.common.settings import KafkaSettings
+from services.common.stages import TopicSpec
 from services.fetcher.imaging import to_model_input
 from tools import demo_data
 
@@ -86,18 +88,22 @@ def produce_images(topic: str, images: list[bytes], n: int, encoding: pixels.Enc
     producer = Producer({"bootstrap.servers": "localhost:9092", "linger.ms": 20, "compression.type": "lz4"})
     encoded = [pixels.encode(p, 224, encoding) for p in images]
     now = int(time.time() * 1000)
+    envelope: list[tuple[str, str | bytes | None]] = [*Envelope(1, now).headers()]
     for i in range(n):
         fmt, data = encoded[i % len(encoded)]
         key = str(1_000_000 + i)
         record = {
-            "tweet_id": key, "media_key": f"3_{i}", "image_url": "https://pbs.example/a.jpg",
-            "post_url": "https://x.com/i/web/status/1", "text": "", "author_username": None, "priority": 1,
-            "ingest_ts_ms": now, "fetch_ts_ms": now, "source_width": 1200, "source_height": 800,
+            "origin": {
+                "tweet_id": key, "media_key": f"3_{i}", "image_url": "https://pbs.example/a.jpg",
+                "post_url": "https://x.com/i/web/status/1", "text": "", "author_username": None, "priority": 1,
+                "ingest_ts_ms": now,
+            },
+            "fetch_ts_ms": now, "source_width": 1200, "source_height": 800,
             "source_format": "JPEG", "pixel_format": fmt, "height": 224, "width": 224, "pixels": data,
         }  # fmt: skip
         while True:
             try:
-                producer.produce(topic, IMAGES.encode(record), key=key)
+                producer.produce(topic, IMAGES.encode(record), key=key, headers=envelope)
                 break
             except BufferError:
                 producer.poll(0.1)

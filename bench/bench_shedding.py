@@ -31,8 +31,9 @@ from typing import Any
 from confluent_kafka import Consumer
 
 from services.common.avro import PREDICTIONS
-from services.common.kafka import TopicSpec, ensure_topics
+from services.common.kafka import ensure_topics
 from services.common.settings import KafkaSettings
+from services.common.stages import TopicSpec
 from services.ingest.loadshape import HIGH_RULE
 from tools import demo_data
 
@@ -114,6 +115,15 @@ class Pipeline:
                 _wait_ready(self.ports[service])
             yield
 
+    def shed_counts(self) -> tuple[float, float]:
+        """(records shed, of which decoded to learn their priority), both stages together."""
+        shed = decoded = 0.0
+        for port in self.ports.values():
+            values = _scrape(port)
+            shed += sum(v for k, v in values.items() if k.startswith("tagstream_records_shed_total{"))
+            decoded += sum(v for k, v in values.items() if k.startswith("tagstream_records_shed_decoded_total{"))
+        return shed, decoded
+
     def lag(self) -> tuple[float, float]:
         """(records, seconds) behind, the larger of the two stages."""
         records, seconds = 0.0, 0.0
@@ -187,11 +197,20 @@ def run_mode(name: str, posts: Path, capacity: float, log_dir: Path) -> dict[str
                 break
         stop.set()
         watcher.join()
+        shed, shed_decoded = pipeline.shed_counts()
     sent = sent_posts(pipeline.tweets)
-    predicted = {p["tweet_id"]: p for p in _read(pipeline.predictions, PREDICTIONS.decode)}
+    predicted = {p["origin"]["tweet_id"]: p for p in _read(pipeline.predictions, PREDICTIONS.decode)}
     burst_end = STEADY_S + BURST_S
     recovery = next((t - burst_end for t, _, s in lag_samples if t >= burst_end and s < pipeline.lag_seconds), None)
-    return {"summary": summary, "sent": sent, "predicted": predicted, "recovery_s": recovery, "capacity": capacity}
+    return {
+        "summary": summary,
+        "sent": sent,
+        "predicted": predicted,
+        "recovery_s": recovery,
+        "capacity": capacity,
+        "shed": shed,
+        "shed_decoded": shed_decoded,
+    }
 
 
 def figures_of(mode: dict[str, Any]) -> dict[str, float]:
@@ -213,6 +232,8 @@ def figures_of(mode: dict[str, Any]) -> dict[str, float]:
         "low_kept_pct": 100 * sum(1 for t in low if t in predicted) / max(low_total, 1),
         "recovery_s": float("nan") if mode["recovery_s"] is None else mode["recovery_s"],
         "posts": len(sent) + throttled,
+        "shed": mode["shed"],
+        "shed_decode_skipped_pct": 100 * (1 - mode["shed_decoded"] / mode["shed"]) if mode["shed"] else float("nan"),
     }
 
 
@@ -280,6 +301,13 @@ def run() -> list[Figure]:
                 "throttle_high_p99_s": throttle["high_p99_s"],
                 "shed_high_p50_s": on["high_p50_s"],
             },
+        ),
+        Figure(
+            "shed_decode_skipped_pct",
+            on["shed_decode_skipped_pct"],
+            "%",
+            "100 for records with the envelope headers",
+            {**context, "shed_records": on["shed"]},
         ),
         Figure("noshed_high_p99_s", off["high_p99_s"], "s", "", context),
         Figure("throttle_high_p99_s", throttle["high_p99_s"], "s", "", context),

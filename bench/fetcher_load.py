@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 
 from bench.stack import cpu_seconds
-from services.common.stream import Output
+from services.common.process import Output
 from services.fetcher.fetch import Fetcher
 from services.fetcher.pipeline import ImagePipeline
 from services.fetcher.settings import FetcherSettings

@@ -21,8 +21,13 @@ READY_TIMEOUT="${STACK_READY_TIMEOUT:-180}"
 # shellcheck source=../deploy/local/services.env
 source deploy/local/services.env
 
-SERVICES=(ingest fetcher classifier sink)
-declare -A HEALTH_PORT=([ingest]=9101 [fetcher]=9102 [classifier]=9103 [sink]=9104)
+# The stages and their health ports, from the stage graph (services/common/stages.py).
+SERVICES=()
+declare -A HEALTH_PORT=()
+while read -r name port; do
+  SERVICES+=("$name")
+  HEALTH_PORT[$name]=$port
+done < <("$PYTHON" -m services.common.stages)
 
 log() { printf 'stack: %s\n' "$*" >&2; }
 

@@ -9,15 +9,18 @@ from pydantic_settings import SettingsConfigDict
 
 from services.common.cpus import available_cpus
 from services.common.settings import StreamSettings
+from services.common.stages import stage
+
+STAGE = stage("classifier")
 
 
 class ClassifierSettings(StreamSettings):
     model_config = SettingsConfigDict(env_prefix="CLASSIFIER_")
 
-    metrics_port: int = 9103
-    input_topic: str = "images"
-    output_topic: str = "predictions"
-    group_id: str = "classifier"
+    metrics_port: int = STAGE.metrics_port
+    input_topic: str = STAGE.input or ""
+    output_topic: str = STAGE.output or ""
+    group_id: str = STAGE.group or ""
     #: records between consuming and producing; they wait here after the shedding decision, so
     #: keep it near 2 x max_batch_size x max_requests_in_flight
     max_in_flight: int = 64

@@ -1,62 +1,158 @@
-"""Avro single-object encoding of the topic records, so a reader needs only the `.avsc` files.
+"""Avro single-object encoding of the topic records, with every released schema version readable.
 
 Framing (Avro spec, "Single object encoding"): the two marker bytes C3 01, the 8-byte
 little-endian CRC-64-AVRO fingerprint of the writer schema's parsing canonical form, then
 the binary-encoded body.
+
+Each topic's schema lives in `schemas/<name>.v<N>.avsc`, one file per released version,
+never edited once released (tests/unit/test_schema_evolution.py pins their fingerprints).
+Named types shared between schemas (`tagstream.Origin`) live in `schemas/<namespace>.<name>.avsc`,
+where fastavro's `load_schema` finds them. A reader finds the writer's version by the
+fingerprint and reads with the newest version it knows:
+- Avro schema resolution covers what Avro allows (an added field with a default, a removed
+  field, a promoted type): the body is read once, with the writer schema and the newest as
+  reader;
+- a change resolution cannot express (fields moved into a nested record) comes with an
+  `upgrade` function from the previous version's shape, in `_UPGRADES` below.
+So readers are upgraded before writers: a writer's new version is unknown to an older reader,
+which dead-letters it as `unknown_schema`.
 """
 
 from __future__ import annotations
 
 import io
-import json
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import fastavro
+import fastavro.read
 import fastavro.schema
+
+from .envelope import Envelope
+from .errors import RecordError
 
 MARKER = b"\xc3\x01"
 HEADER_LENGTH = len(MARKER) + 8
+SCHEMAS = Path(str(resources.files(__package__).joinpath("schemas")))
+
+Record = dict[str, Any]
+Upgrade = Callable[[Record], Record]
 
 
-class AvroDecodeError(ValueError):
+class AvroDecodeError(RecordError):
     """The bytes are not a single-object-encoded record of the expected schema."""
+
+    def __init__(self, detail: str, reason: str = "bad_avro") -> None:
+        super().__init__(reason, detail)
+
+
+class UnknownSchemaError(AvroDecodeError):
+    """Framed correctly, but written with a schema version this reader does not know (yet)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, reason="unknown_schema")
+
+
+@dataclass(frozen=True)
+class SchemaVersion:
+    version: int
+    schema: Any  # fastavro's parsed schema
+    fingerprint: bytes
+    #: from the previous version's shape to this one's, when Avro resolution cannot do it
+    upgrade: Upgrade | None = None
 
 
 @dataclass(frozen=True)
 class Codec:
-    """Encoder and decoder for one record schema."""
+    """Encoder (newest version) and decoder (every released version) for one topic's records."""
 
     name: str
-    schema: Any  # fastavro's parsed schema
-    fingerprint: bytes
+    versions: tuple[SchemaVersion, ...]  # oldest first
+    #: where the record holds its envelope (priority, ingest time): the keys leading to it
+    envelope_at: tuple[str, ...] = ()
+    _by_fingerprint: dict[bytes, int] = field(init=False, repr=False, compare=False)
 
-    def encode(self, record: dict[str, Any]) -> bytes:
-        buffer = io.BytesIO()
-        buffer.write(MARKER)
-        buffer.write(self.fingerprint)
-        fastavro.schemaless_writer(buffer, self.schema, record)
-        return buffer.getvalue()
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_fingerprint", {v.fingerprint: i for i, v in enumerate(self.versions)})
 
-    def decode(self, data: bytes | None) -> dict[str, Any]:
+    @property
+    def current(self) -> SchemaVersion:
+        return self.versions[-1]
+
+    @property
+    def fingerprint(self) -> bytes:
+        return self.current.fingerprint
+
+    @property
+    def schema(self) -> Any:
+        return self.current.schema
+
+    def encode(self, record: Record) -> bytes:
+        return _encode(self.current, record)
+
+    def decode(self, data: bytes | None) -> Record:
+        """The record in the newest version's shape, whichever released version wrote it."""
+        index = self._writer_index(data)
+        assert data is not None
+        body = io.BytesIO(data)  # shares the bytes: no copy of a large body
+        body.seek(HEADER_LENGTH)
+        try:
+            return self._read(body, index)
+        except fastavro.read.SchemaResolutionError as exc:  # a released version this one cannot read
+            raise AvroDecodeError(f"{self.name} v{self.versions[index].version} is not readable: {exc}") from exc
+        except (EOFError, ValueError, IndexError, UnicodeDecodeError, KeyError, TypeError) as exc:
+            raise AvroDecodeError(f"malformed {self.name} body: {type(exc).__name__}: {exc}") from exc
+
+    def envelope(self, record: Record) -> Envelope:
+        """The priority and ingest time a decoded record carries (for records without the headers)."""
+        holder = record
+        for key in self.envelope_at:
+            holder = holder[key]
+        return Envelope(int(holder["priority"]), int(holder["ingest_ts_ms"]))
+
+    def _writer_index(self, data: bytes | None) -> int:
         if data is None or len(data) < HEADER_LENGTH:
             raise AvroDecodeError("record shorter than the single-object header")
         if data[:2] != MARKER:
             raise AvroDecodeError("missing the single-object marker C3 01")
-        if data[2:HEADER_LENGTH] != self.fingerprint:
-            raise AvroDecodeError(
-                f"writer schema fingerprint {data[2:HEADER_LENGTH].hex()} is not {self.name}'s {self.fingerprint.hex()}"
+        index = self._by_fingerprint.get(data[2:HEADER_LENGTH])
+        if index is None:
+            known = ", ".join(f"v{v.version} {v.fingerprint.hex()}" for v in self.versions)
+            raise UnknownSchemaError(
+                f"writer schema fingerprint {data[2:HEADER_LENGTH].hex()} is none of {self.name}'s ({known})"
             )
-        body = io.BytesIO(data)  # shares the bytes: no copy of a large body
-        body.seek(HEADER_LENGTH)
-        try:
-            record = fastavro.schemaless_reader(body, self.schema, None)
-        except (EOFError, ValueError, IndexError, UnicodeDecodeError) as exc:
-            raise AvroDecodeError(f"malformed {self.name} body: {exc}") from exc
-        if not isinstance(record, dict):
-            raise AvroDecodeError(f"{self.name} body is not a record")
-        return record
+        return index
+
+    def _read(self, body: io.BytesIO, index: int) -> Record:
+        """Read with the writer's version, resolving up to the next structural change, upgrade
+        across it, and so on to the newest. Only records older than a structural change pay
+        for re-encoding, and only while a rolling upgrade lasts."""
+        writer = self.versions[index]
+        while True:
+            step = next((i for i in range(index + 1, len(self.versions)) if self.versions[i].upgrade), None)
+            reader = self.versions[-1 if step is None else step - 1]
+            record = fastavro.schemaless_reader(body, writer.schema, None if reader is writer else reader.schema)
+            if not isinstance(record, dict):
+                raise AvroDecodeError(f"{self.name} body is not a record")
+            if step is None:
+                return record
+            upgraded = self.versions[step]
+            upgrade = upgraded.upgrade
+            assert upgrade is not None
+            body = io.BytesIO(_encode(upgraded, upgrade(record))[HEADER_LENGTH:])
+            writer, index = upgraded, step
+
+
+def _encode(version: SchemaVersion, record: Record) -> bytes:
+    buffer = io.BytesIO()
+    buffer.write(MARKER)
+    buffer.write(version.fingerprint)
+    fastavro.schemaless_writer(buffer, version.schema, record)
+    return buffer.getvalue()
 
 
 def fingerprint64(schema: Any) -> bytes:
@@ -66,14 +162,51 @@ def fingerprint64(schema: Any) -> bytes:
     return bytes.fromhex(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO"))
 
 
-def load_codec(name: str) -> Codec:
-    """The codec for `schemas/<name>.avsc` shipped with this package."""
-    text = resources.files(__package__).joinpath("schemas", f"{name}.avsc").read_text()
-    raw = json.loads(text)
-    schema = fastavro.parse_schema(raw)
-    return Codec(name=name, schema=schema, fingerprint=fingerprint64(raw))
+def load_codec(
+    name: str,
+    envelope_at: tuple[str, ...] = (),
+    upgrades: Mapping[int, Upgrade] | None = None,
+    directory: Path = SCHEMAS,
+) -> Codec:
+    """The codec for every `<directory>/<name>.v<N>.avsc`; `upgrades[N]` turns a version N-1
+    record into a version N one where resolution cannot."""
+    pattern = re.compile(rf"{re.escape(name)}\.v(\d+)\.avsc")
+    found = sorted(
+        (int(match.group(1)), path) for path in directory.iterdir() if (match := pattern.fullmatch(path.name))
+    )
+    if not found:
+        raise FileNotFoundError(f"no {name}.v<N>.avsc in {directory}")
+    numbers = [number for number, _ in found]
+    if numbers != list(range(1, len(found) + 1)):
+        raise ValueError(f"{name}: versions {numbers} are not 1..{len(found)}")
+    upgrades = upgrades or {}
+    versions = []
+    for number, path in found:
+        schema = fastavro.schema.load_schema(str(path), _write_hint=False)
+        versions.append(SchemaVersion(number, schema, fingerprint64(schema), upgrades.get(number)))
+    return Codec(name, tuple(versions), envelope_at)
+
+
+#: the fields of `tagstream.Origin`, which version 1 of `images` and `predictions` held flat
+ORIGIN_FIELDS = (
+    "tweet_id",
+    "media_key",
+    "image_url",
+    "post_url",
+    "text",
+    "author_username",
+    "priority",
+    "ingest_ts_ms",
+)
+
+
+def nest_origin(record: Record) -> Record:
+    """Version 1 (flat) to version 2 (`origin` nested) of `images` and `predictions`."""
+    rest = {key: value for key, value in record.items() if key not in ORIGIN_FIELDS}
+    return {"origin": {key: record[key] for key in ORIGIN_FIELDS}, **rest}
 
 
 TWEETS = load_codec("tweets")
-IMAGES = load_codec("images")
-PREDICTIONS = load_codec("predictions")
+IMAGES = load_codec("images", envelope_at=("origin",), upgrades={2: nest_origin})
+PREDICTIONS = load_codec("predictions", envelope_at=("origin",), upgrades={2: nest_origin})
+CODECS = (TWEETS, IMAGES, PREDICTIONS)

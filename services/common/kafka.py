@@ -1,8 +1,12 @@
 """The one place Kafka clients are configured and created.
 
 The producer is confluent-kafka's own `Producer` with its delivery reports turned into
-asyncio futures (the library's `AIOProducer` cannot send headers, which dead letters need);
-the consumer is the library's `AIOConsumer`.
+asyncio futures (the library's `AIOProducer` cannot send headers, which every record
+carries); the consumer is the library's `AIOConsumer`.
+
+A fatal client error (a fenced or unrecoverable idempotent producer, a fenced static group
+member) cannot be retried away: the `on_fatal` callback given to the clients ends the process
+with a non-zero code, and Kubernetes starts a fresh one.
 """
 
 from __future__ import annotations
@@ -11,8 +15,8 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -20,10 +24,12 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from confluent_kafka.aio import AIOConsumer
 
 from .settings import KafkaSettings
+from .stages import PIPELINE_TOPICS, TopicSpec
 
 log = logging.getLogger(__name__)
 
 Headers = Sequence[tuple[str, bytes]]
+OnFatal = Callable[[str], None]
 
 #: how often consumers commit the offsets the stream loop stored; a group's lag as read from
 #: its commits is up to this much behind its real position (services/common/downstream.py)
@@ -33,6 +39,22 @@ AUTO_COMMIT_INTERVAL_S = 1.0
 class DeliveryError(RuntimeError):
     """The broker did not take a record."""
 
+    def __init__(self, error: KafkaError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One record to write: an output, a dead letter or a shed-audit copy."""
+
+    topic: str
+    value: bytes
+    key: str | bytes | None = None
+    headers: Headers = ()
+    #: "output", or a copy of the input: "dead_letter", "shed"; only outputs count as produced
+    kind: str = "output"
+
 
 class AsyncProducer:
     """`produce()` returns a future resolved by the broker's delivery report.
@@ -41,7 +63,9 @@ class AsyncProducer:
     worth at a time, one wake-up of the loop per poll rather than one per record.
     """
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], on_fatal: OnFatal | None = None) -> None:
+        if on_fatal is not None:
+            config = config | {"error_cb": _fatal_reporter(on_fatal)}
         self._producer = Producer(config)
         self._reports: list[_Report] = []
         self._reports_lock = threading.Lock()
@@ -65,6 +89,9 @@ class AsyncProducer:
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits these any more
                 loop.call_soon_threadsafe(_settle_all, batch)
 
+    def send(self, record: Outgoing) -> asyncio.Future[Message]:
+        return self.produce(record.topic, record.value, key=record.key, headers=record.headers)
+
     def produce(
         self, topic: str, value: bytes, key: str | bytes | None = None, headers: Headers | None = None
     ) -> asyncio.Future[Message]:
@@ -83,6 +110,9 @@ class AsyncProducer:
                 # The local queue is full: let delivery reports drain it, then try again.
                 self._producer.poll(0.05)
                 self._hand_over()
+            except KafkaException as exc:  # refused before sending (too large, unknown partition)
+                delivered.set_exception(DeliveryError(exc.args[0]))
+                return delivered
 
     async def flush(self, wait_s: float = 30.0) -> int:
         """Wait for every queued record; return how many are still undelivered."""
@@ -106,9 +136,22 @@ def _settle_all(reports: list[_Report]) -> None:
         if future.done():
             continue
         if err is not None:
-            future.set_exception(DeliveryError(str(err)))
+            future.set_exception(DeliveryError(err))
         else:
             future.set_result(msg)
+
+
+def _fatal_reporter(on_fatal: OnFatal) -> Callable[[KafkaError], None]:
+    """An `error_cb` for librdkafka: fatal errors end the process, the rest are logged."""
+
+    def report(error: KafkaError) -> None:
+        if error.fatal():
+            log.critical("fatal Kafka client error", extra={"fields": {"error": str(error)}})
+            on_fatal(f"fatal Kafka client error: {error}")
+        else:  # librdkafka recovers from these by itself (a broker down, a connection reset)
+            log.warning("Kafka client error", extra={"fields": {"error": str(error)}})
+
+    return report
 
 
 def producer_config(kafka: KafkaSettings, client_id: str, **overrides: Any) -> dict[str, Any]:
@@ -118,6 +161,11 @@ def producer_config(kafka: KafkaSettings, client_id: str, **overrides: Any) -> d
         "acks": "all",
         "linger.ms": 5,
         "compression.type": "lz4",
+        # How long librdkafka keeps retrying one record before its delivery report says it
+        # failed (its default is 300 s). The stream loop then writes it again, with backoff,
+        # until it succeeds or the process ends (services/common/delivery.py): a shorter
+        # timeout only means the failure is seen, logged and counted sooner.
+        "message.timeout.ms": int(kafka.delivery_timeout_s * 1000),
     }
     return config | overrides
 
@@ -150,32 +198,16 @@ def consumer_config(
     return config | overrides
 
 
-def new_consumer(config: dict[str, Any]) -> AIOConsumer:
+def new_consumer(config: dict[str, Any], on_fatal: OnFatal | None = None) -> AIOConsumer:
     """An asyncio consumer; callbacks in `config` (stats_cb, error_cb) must be coroutines."""
+    if on_fatal is not None:
+        report = _fatal_reporter(on_fatal)
+
+        async def error_cb(error: KafkaError) -> None:
+            report(error)
+
+        config = config | {"error_cb": error_cb}
     return AIOConsumer(config, max_workers=2)
-
-
-@dataclass(frozen=True)
-class TopicSpec:
-    name: str
-    partitions: int = 3
-    config: dict[str, str] = field(default_factory=dict)
-
-
-DAY_MS = 24 * 3600 * 1000
-
-# The topics of the pipeline: one place, read by `ensure_topics` and the deployment tests.
-# `<input>.dlq` holds dead letters, `<input>.shed` the audit trail of records shed under load.
-PIPELINE_TOPICS: tuple[TopicSpec, ...] = (
-    TopicSpec("tweets", 3, {"retention.ms": str(7 * DAY_MS)}),
-    TopicSpec("tweets.dlq", 1, {"retention.ms": str(14 * DAY_MS)}),
-    TopicSpec("tweets.shed", 1, {"retention.ms": str(3 * DAY_MS)}),
-    TopicSpec("images", 3, {"retention.ms": str(DAY_MS), "max.message.bytes": str(2 * 1024 * 1024)}),
-    TopicSpec("images.dlq", 1, {"retention.ms": str(14 * DAY_MS), "max.message.bytes": str(2 * 1024 * 1024)}),
-    TopicSpec("images.shed", 1, {"retention.ms": str(3 * DAY_MS), "max.message.bytes": str(2 * 1024 * 1024)}),
-    TopicSpec("predictions", 3, {"retention.ms": str(30 * DAY_MS)}),
-    TopicSpec("predictions.dlq", 1, {"retention.ms": str(14 * DAY_MS)}),
-)
 
 
 def ensure_topics(

@@ -15,6 +15,11 @@ RECORDS_SKIPPED = Counter(
     "Input that needs no output by design (for example a post without images).",
     ["stage", "reason"],
 )
+DELIVERY_RETRIES = Counter(
+    "tagstream_delivery_retries_total",
+    "Records written again after the broker did not take them within the delivery timeout.",
+    ["stage"],
+)
 DEAD_LETTERS = Counter("tagstream_dead_letters_total", "Records sent to a dead-letter topic.", ["stage", "reason"])
 PROCESSING_SECONDS = Histogram(
     "tagstream_processing_seconds",
@@ -55,6 +60,11 @@ SHED = Counter(
     "tagstream_records_shed_total",
     "Records dropped under load before any expensive work, by their priority.",
     ["stage", "priority"],
+)
+SHED_DECODED = Counter(
+    "tagstream_records_shed_decoded_total",
+    "Shed records whose value had to be decoded to learn their priority (no envelope headers).",
+    ["stage"],
 )
 SHED_LEVEL = Gauge("tagstream_shed_level", "Active shedding level; 0 keeps everything.", ["stage"])
 SHED_MIN_PRIORITY = Gauge(

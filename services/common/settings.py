@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .shedding import DEFAULT_LEVELS, ShedLevel
+from .stages import DLQ_SUFFIX, SHED_SUFFIX
 
 
 class KafkaSettings(BaseSettings):
@@ -20,6 +21,9 @@ class KafkaSettings(BaseSettings):
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    #: how long the client retries one record before reporting it failed (`message.timeout.ms`);
+    #: the stage then writes it again, with backoff, until it is delivered or the process ends
+    delivery_timeout_s: float = Field(default=30.0, gt=0)
 
     def client_config(self) -> dict[str, Any]:
         """librdkafka settings common to producers, consumers and admin clients."""
@@ -53,7 +57,7 @@ class StreamSettings(ServiceSettings):
     max_in_flight: int = 64
     consume_batch_size: int = 64
     #: dead letters go to `<input topic><dlq_suffix>`
-    dlq_suffix: str = ".dlq"
+    dlq_suffix: str = DLQ_SUFFIX
     #: drop the lowest priorities first when the consumer falls behind (services/common/shedding.py)
     shedding_enabled: bool = True
     #: JSON list of {"min_priority", "lag_records", "lag_seconds"}: the lag at which each level starts
@@ -67,7 +71,7 @@ class StreamSettings(ServiceSettings):
     downstream_group: str = ""
     #: write each shed record, with why, to `<input topic><shed_suffix>`
     shed_audit: bool = True
-    shed_suffix: str = ".shed"
+    shed_suffix: str = SHED_SUFFIX
 
     @property
     def dlq_topic(self) -> str:

@@ -13,8 +13,7 @@ from .pipeline import ImagePipeline
 from .settings import FetcherSettings
 
 
-async def _service(rt: runtime.Runtime) -> None:
-    settings = FetcherSettings()
+async def _service(rt: runtime.Runtime, settings: FetcherSettings) -> None:
     with ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode") as pool:
         async with Fetcher(settings) as fetcher:
             pipeline = ImagePipeline(settings, fetcher, pool)

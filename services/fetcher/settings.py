@@ -9,16 +9,19 @@ from pydantic_settings import SettingsConfigDict
 
 from services.common.cpus import available_cpus
 from services.common.settings import StreamSettings
+from services.common.stages import downstream_group, stage
+
+STAGE = stage("fetcher")
 
 
 class FetcherSettings(StreamSettings):
     model_config = SettingsConfigDict(env_prefix="FETCHER_")
 
-    metrics_port: int = 9102
-    input_topic: str = "tweets"
-    output_topic: str = "images"
-    group_id: str = "fetcher"
-    downstream_group: str = "classifier"
+    metrics_port: int = STAGE.metrics_port
+    input_topic: str = STAGE.input or ""
+    output_topic: str = STAGE.output or ""
+    group_id: str = STAGE.group or ""
+    downstream_group: str = downstream_group(STAGE.name) or ""
     max_in_flight: int = 128
     #: lift the refusal of loopback, private and link-local targets; for the local stack only
     allow_private_networks: bool = False

@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from confluent_kafka import Message
 from tweepy.errors import TooManyRequests
 
 from .dedup import RecentIds
@@ -100,7 +99,7 @@ class KafkaOutput:
 
     def __init__(self, payloads: PayloadProducer) -> None:
         self.payloads = payloads
-        self._pending: list[asyncio.Future[Message]] = []
+        self._pending: list[asyncio.Future[None]] = []
 
     def emit(self, line: bytes, payload: dict[str, Any]) -> bool:
         outgoing = self.payloads.prepare(line, payload)

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-from confluent_kafka import Message
 from tweepy.errors import HTTPException, TooManyRequests, TwitterServerError
 
 from services.common.kafka import AsyncProducer, producer_config
@@ -21,7 +20,7 @@ from . import rules as stream_rules
 from .backoff import Backoff, BackoffPolicy
 from .dedup import RecentIds
 from .payload import PayloadError, is_operational_disconnect, parse_line, stream_errors
-from .produce import PayloadFile, PayloadProducer
+from .produce import Outgoing, PayloadFile, PayloadProducer
 from .settings import IngestSettings
 from .xapi import ConnectionLost, XStreamingClient, query_fields
 
@@ -59,7 +58,7 @@ class LiveStream(XStreamingClient):
         self.max_disconnected_s = settings.max_disconnected_s
         self._clock = clock
         self._slots = asyncio.Semaphore(settings.max_in_flight)
-        self._pending: set[asyncio.Future[Message]] = set()
+        self._pending: set[asyncio.Future[None]] = set()
         self.connected = False
         self.disconnected_since: float = clock()
 
@@ -99,12 +98,19 @@ class LiveStream(XStreamingClient):
         except Exception as exc:
             log.exception("internal error on a stream payload")
             outgoing = self.payloads.dead_letter(raw_data, "internal_error", repr(exc))
-        if outgoing is None:
-            return
+        if outgoing is not None:
+            await self._send(outgoing)
+
+    async def _send(self, outgoing: Outgoing) -> None:
         await self._slots.acquire()
         future = self.payloads.send(outgoing)
         self._pending.add(future)
         future.add_done_callback(self._settled)
+
+    async def on_oversized_line(self, prefix: bytes, length: int) -> None:
+        detail = f"a line of {length} bytes, over INGEST_MAX_LINE_BYTES ({self.max_line_bytes})"
+        extra = [("value_truncated", f"{length} bytes: line_too_long")]
+        await self._send(self.payloads.dead_letter(prefix, "line_too_long", detail, extra))
 
     async def on_connection_lost(self, lost: ConnectionLost) -> None:
         if self.connected:
@@ -137,7 +143,7 @@ class LiveStream(XStreamingClient):
         else:
             log.warning("stream error message", extra={"fields": {"errors": summary}})
 
-    def _settled(self, future: asyncio.Future[Message]) -> None:
+    def _settled(self, future: asyncio.Future[None]) -> None:
         self._pending.discard(future)
         self._slots.release()
 
@@ -239,4 +245,5 @@ def _client_options(settings: IngestSettings) -> dict[str, Any]:
         "backoff": backoff_policy(settings),
         "stall_timeout_s": settings.stall_timeout_s,
         "request_timeout_s": settings.request_timeout_s,
+        "max_line_bytes": settings.max_line_bytes,
     }

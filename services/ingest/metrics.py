@@ -39,7 +39,7 @@ RULES_CHANGED = Counter(
 )
 DELIVERY_FAILURES = Counter(
     "tagstream_ingest_delivery_failures_total",
-    "Posts read from X that the broker did not take (lost: X cannot resend them).",
+    "Posts the broker refused for their size; each went to the dead-letter topic, cut to fit, instead.",
 )
 
 KNOWN_ERROR_TITLES = frozenset(

@@ -1,21 +1,28 @@
 """Produce one stream payload: a `tweets` record for a post with images, a dead letter for a
 line that is not a post. Shared by replay, the live stream and backfill, so the three produce
-the same records and count them the same way."""
+the same records and count them the same way.
+
+Every record carries the envelope headers (`priority`, `ingest_ts_ms`) the later stages route
+by. A record is written until the broker has it (services/common/delivery.py); one it refuses
+for its size becomes a dead letter, cut to fit, and the stream goes on.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from confluent_kafka import Message
-
 from services.common import metrics
 from services.common.avro import TWEETS
-from services.common.kafka import AsyncProducer
+from services.common.deadletters import dead_letter, truncated
+from services.common.delivery import Producer, deliver
+from services.common.envelope import Envelope, from_headers
+from services.common.kafka import DeliveryError
+from services.common.kafka import Outgoing as Record
 from services.common.timeutil import now_ms
 
 from . import metrics as ingest_metrics
@@ -37,6 +44,8 @@ class Tally:
     #: posts a shaped replay's static throttle never sent
     throttled: int = 0
     throttled_high: int = 0
+    #: posts the broker refused for their size (each became a dead letter)
+    refused: int = 0
     dead_letters: dict[str, int] = field(default_factory=dict)
 
 
@@ -44,11 +53,10 @@ class Tally:
 class Outgoing:
     """One record ready to send: a post (`tweet_id` set) or a dead letter."""
 
-    topic: str
-    value: bytes
-    key: str | None
-    headers: tuple[tuple[str, bytes], ...] = ()
+    record: Record
     tweet_id: str | None = None
+    #: the payload line it came from, dead-lettered if the broker refuses the record
+    line: bytes = b""
 
 
 class PayloadFile:
@@ -78,7 +86,7 @@ class PayloadProducer:
 
     def __init__(
         self,
-        producer: AsyncProducer,
+        producer: Producer,
         *,
         output_topic: str,
         dlq_topic: str,
@@ -127,13 +135,25 @@ class PayloadProducer:
             metrics.RECORDS_SKIPPED.labels(STAGE, "no_images").inc()
             return None
         tweet_id = record["tweet_id"]
-        return Outgoing(self.output_topic, TWEETS.encode(record), key=tweet_id, tweet_id=tweet_id)
+        headers = Envelope(record["priority"], record["ingest_ts_ms"]).headers()
+        return Outgoing(Record(self.output_topic, TWEETS.encode(record), tweet_id, headers), tweet_id, line)
 
-    def send(self, outgoing: Outgoing) -> asyncio.Future[Message]:
-        """Hand the record to the producer; the future resolves on the broker's delivery report."""
-        future = self.producer.produce(outgoing.topic, outgoing.value, key=outgoing.key, headers=outgoing.headers)
-        future.add_done_callback(lambda done: self._delivered(outgoing, done))
-        return future
+    def send(self, outgoing: Outgoing) -> asyncio.Future[None]:
+        """Hand the record to the producer; the future resolves once the broker has it (or has
+        the dead letter that replaced a post it refused)."""
+        return asyncio.ensure_future(self._write(outgoing))
+
+    async def _write(self, outgoing: Outgoing) -> None:
+        refused = False
+
+        def substitute(record: Record, error: DeliveryError) -> Record:
+            nonlocal refused
+            refused = True
+            return self._substitute(outgoing.line, record, error)
+
+        await deliver(self.producer, [outgoing.record], STAGE, substitute)
+        if outgoing.tweet_id is not None and not refused:
+            self.tally.produced += 1
 
     def _count_line(self) -> None:
         self.tally.lines += 1
@@ -148,30 +168,37 @@ class PayloadProducer:
         if self.recording is not None:
             self.recording.write(line)
 
-    def dead_letter(self, line: bytes, reason: str, detail: str) -> Outgoing:
+    def dead_letter(self, line: bytes, reason: str, detail: str, extra: Sequence[tuple[str, str]] = ()) -> Outgoing:
         """A dead letter for `line` (counted), to pass to `send`."""
-        return self._dead_letter(line, reason, detail)
+        return self._dead_letter(line, reason, detail, extra=extra)
 
-    def _dead_letter(self, line: bytes, reason: str, detail: str) -> Outgoing:
+    def _dead_letter(
+        self,
+        line: bytes,
+        reason: str,
+        detail: str,
+        envelope: Envelope | None = None,
+        extra: Sequence[tuple[str, str]] = (),
+    ) -> Outgoing:
         self.tally.dead_letters[reason] = self.tally.dead_letters.get(reason, 0) + 1
-        metrics.DEAD_LETTERS.labels(STAGE, reason).inc()
-        log.warning("dead letter", extra={"fields": {"reason": reason, "detail": detail[:200]}})
-        headers = (("error", reason.encode()), ("error_detail", detail.encode()[:2000]), ("stage", STAGE.encode()))
-        return Outgoing(self.dlq_topic, line.strip(), key=None, headers=headers)
+        letter = dead_letter(
+            stage=STAGE,
+            topic=self.dlq_topic,
+            value=line.strip(),
+            key=None,
+            reason=reason,
+            detail=detail,
+            envelope=envelope,
+            extra=extra,
+        )
+        return Outgoing(letter)
 
-    def _delivered(self, outgoing: Outgoing, done: asyncio.Future[Message]) -> None:
-        if done.cancelled():
-            return
-        error = done.exception()
-        if outgoing.tweet_id is None:  # a dead letter
-            if error is not None:
-                log.error("dead letter not delivered", extra={"fields": {"error": str(error)[:500]}})
-            return
-        if error is None:
-            self.tally.produced += 1
-            metrics.RECORDS_PRODUCED.labels(STAGE, outgoing.topic).inc()
-            return
+    def _substitute(self, line: bytes, refused: Record, error: DeliveryError) -> Record:
+        """A post the broker refuses for its size becomes a dead letter of its line, cut to fit
+        as a dead letter it refuses is."""
+        if refused.topic == self.dlq_topic:
+            return truncated(refused, str(error))
         ingest_metrics.DELIVERY_FAILURES.inc()
-        if self.recent is not None:
-            self.recent.forget(outgoing.tweet_id)
-        log.error("post not delivered", extra={"fields": {"tweet_id": outgoing.tweet_id, "error": str(error)[:500]}})
+        self.tally.refused += 1
+        letter = self._dead_letter(line, "too_large", str(error), from_headers(refused.headers)).record
+        return truncated(letter, "too_large")

@@ -8,8 +8,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Message
-
 from services.common.kafka import AsyncProducer
 
 from .loadshape import LoadShape, Throttle, shaped_payloads
@@ -47,7 +45,7 @@ async def replay_lines(
     """Produce every line; a failed delivery raises, so a replay never reports records it lost."""
     payloads = _replay_producer(settings, producer, priorities)
     pacer = Pacer(rate)
-    pending: list[asyncio.Future[Message]] = []
+    pending: list[asyncio.Future[None]] = []
     for line in lines:
         outgoing = payloads.prepare(line)
         if outgoing is None:
@@ -79,7 +77,7 @@ async def replay_shaped(
     times = list(shape.send_times())
     base = id_base if id_base is not None else time.time_ns() // 1000 * 1000
     started = time.monotonic()
-    pending: list[asyncio.Future[Message]] = []
+    pending: list[asyncio.Future[None]] = []
     for at, (payload, high) in zip(times, shaped_payloads(payloads, len(times), high_share, base), strict=True):
         delay = started + at - time.monotonic()
         if delay > 0:
@@ -123,7 +121,7 @@ def _replay_producer(
     )
 
 
-async def _settle(pending: list[asyncio.Future[Message]]) -> None:
+async def _settle(pending: list[asyncio.Future[None]]) -> None:
     await asyncio.gather(*pending)
     pending.clear()
 

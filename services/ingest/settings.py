@@ -8,16 +8,18 @@ from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
+from services.common.stages import stage
 
 PUBLIC_X_API = "https://api.twitter.com"
+STAGE = stage("ingest")
 
 
 class IngestSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="INGEST_")
 
-    metrics_port: int = 9101
-    output_topic: str = "tweets"
-    dlq_topic: str = "tweets.dlq"
+    metrics_port: int = STAGE.metrics_port
+    output_topic: str = STAGE.output or ""
+    dlq_topic: str = STAGE.dead_letters
     #: rule-tag class (the part before ':') or whole tag → priority; higher is more important.
     #: The rules file gives each of its rules a priority; when this is set in the environment,
     #: the tags and classes it names override the file.
@@ -58,6 +60,8 @@ class IngestSettings(ServiceSettings):
     dedup_window: int = Field(default=100_000, ge=1)
     #: /healthz reports not ready once the stream has been disconnected for longer than this
     max_disconnected_s: float = Field(default=120.0, gt=0)
+    #: a stream line longer than this goes to the dead-letter topic (its first 64 KiB) as `line_too_long`
+    max_line_bytes: int = Field(default=1 << 20, ge=1024)
     #: live posts whose delivery to Kafka is not confirmed yet, at most
     max_in_flight: int = Field(default=1000, ge=1)
     #: append every post payload read from X (live or backfill) to this file, in the replay format

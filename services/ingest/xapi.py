@@ -38,6 +38,7 @@ from tweepy.errors import (
 
 from . import metrics as ingest_metrics
 from .backoff import Backoff, BackoffPolicy, parse_reset_header
+from .lines import LineReader
 
 # What every record needs from X: the media (photos by url, videos and GIFs by preview),
 # the author, and the post's own fields.
@@ -46,7 +47,7 @@ MEDIA_FIELDS = ("url", "preview_image_url", "type", "width", "height")
 TWEET_FIELDS = ("created_at", "lang", "entities", "possibly_sensitive", "attachments", "author_id")
 USER_FIELDS = ("username", "name", "verified", "protected")
 
-READ_BUFFER_BYTES = 1 << 18  # one stream line must fit: a post with its includes is a few KiB
+READ_BUFFER_BYTES = 1 << 18  # aiohttp's buffer; lines longer than it are read in pieces (lines.py)
 
 
 def query_fields() -> dict[str, list[str]]:
@@ -105,11 +106,13 @@ class XStreamingClient(_BaseUrlRequests, AsyncStreamingClient):  # type: ignore[
         backoff: BackoffPolicy,
         stall_timeout_s: float,
         request_timeout_s: float = 30.0,
+        max_line_bytes: int = 1 << 20,
     ) -> None:
         super().__init__(bearer_token, return_type=dict)
         self.base_url = base_url.rstrip("/")
         self.backoff_policy = backoff
         self.stall_timeout_s = stall_timeout_s
+        self.max_line_bytes = max_line_bytes
         self.request_timeout_s = request_timeout_s
         self._reconnect_reason: str | None = None
 
@@ -119,6 +122,9 @@ class XStreamingClient(_BaseUrlRequests, AsyncStreamingClient):  # type: ignore[
 
     async def on_connection_lost(self, lost: ConnectionLost) -> None:
         """A connection attempt ended; the client waits `lost.wait_s` and connects again."""
+
+    async def on_oversized_line(self, prefix: bytes, length: int) -> None:
+        """A line longer than `max_line_bytes` was read past; `prefix` is its start."""
 
     async def _connect(self, method: str, endpoint: str, params: dict[str, Any] | None = None, **_: Any) -> None:
         url = f"{self.base_url}/2/tweets/{endpoint}/stream"
@@ -158,15 +164,18 @@ class XStreamingClient(_BaseUrlRequests, AsyncStreamingClient):  # type: ignore[
             return ConnectionLost("network_error", backoff.after_network_error(), detail=_describe(exc))
 
     async def _read(self, response: aiohttp.ClientResponse, backoff: Backoff) -> ConnectionLost:
+        lines = LineReader(response.content, self.max_line_bytes)
         while True:
-            line = await _within(self.stall_timeout_s, response.content.readline())
-            if not line.endswith(b"\n"):
+            line = await _within(self.stall_timeout_s, lines.next())
+            if not line.complete:
                 # EOF; a line cut short means the connection broke mid-post.
-                reason = "closed" if not line else "network_error"
+                reason = "closed" if not line.data else "network_error"
                 return ConnectionLost(reason, backoff.after_network_error(), detail="the server ended the stream")
             backoff.reset()
-            payload = line.strip()
-            if payload:
+            payload = line.data.strip()
+            if line.oversized:
+                await self.on_oversized_line(line.data, line.length)
+            elif payload:
                 await self.on_data(payload)
             else:
                 await self.on_keep_alive()

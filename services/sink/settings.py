@@ -8,18 +8,22 @@ from pydantic import SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import StreamSettings
+from services.common.stages import stage
 
 # Where the gallery may load images from: any https host (the X CDN and others), and the
 # local demo's image server.
 DEFAULT_IMAGE_SOURCES = "https: http://127.0.0.1:8765 http://localhost:8765"
 
 
+STAGE = stage("sink")
+
+
 class SinkSettings(StreamSettings):
     model_config = SettingsConfigDict(env_prefix="SINK_")
 
-    metrics_port: int = 9104
-    input_topic: str = "predictions"
-    group_id: str = "sink"
+    metrics_port: int = STAGE.metrics_port
+    input_topic: str = STAGE.input or ""
+    group_id: str = STAGE.group or ""
     #: storing is cheap and its results are the product: the sink does not shed unless told to
     shedding_enabled: bool = False
     #: SQLite file, used when `database_url` is unset

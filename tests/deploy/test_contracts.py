@@ -15,8 +15,8 @@ from pydantic import SecretStr
 from pydantic_settings import BaseSettings
 
 from services.classifier.settings import ClassifierSettings
-from services.common.kafka import PIPELINE_TOPICS
 from services.common.settings import ServiceSettings, StreamSettings
+from services.common.stages import PIPELINE_TOPICS, stage
 from services.fetcher.settings import FetcherSettings
 from services.ingest.settings import IngestSettings
 from services.sink.settings import SinkSettings
@@ -140,6 +140,21 @@ def test_topics_and_kafka_address_match(objects: list[Obj], service: str, monkey
         used = {settings.output_topic, settings.dlq_topic}
     # The cluster creates no topic on demand (auto.create.topics.enable=false): each must be a KafkaTopic.
     assert used <= set(TOPICS), f"{service} uses {sorted(used - set(TOPICS))}, not in PIPELINE_TOPICS"
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_deployed_stages_read_and_write_what_the_stage_graph_says(
+    objects: list[Obj], service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, _ = _settings_from_manifest(objects, service, monkeypatch)
+    node = stage(service)
+    assert settings.metrics_port == node.metrics_port
+    if isinstance(settings, StreamSettings):
+        deployed = (settings.input_topic, settings.output_topic or None, settings.group_id, settings.dlq_topic)
+        assert deployed == (node.input, node.output, node.group, node.dead_letters)
+    else:
+        assert isinstance(settings, IngestSettings)
+        assert (settings.output_topic, settings.dlq_topic) == (node.output, node.dead_letters)
 
 
 def test_kafka_runs_in_kraft_mode_with_the_pipeline_topics(objects: list[Obj]) -> None:

@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from services.common.kafka import TopicSpec, ensure_topics
+from services.common.kafka import ensure_topics
 from services.common.settings import KafkaSettings
+from services.common.stages import TopicSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -16,7 +16,8 @@ import onnxruntime as ort
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from services.common.avro import IMAGES, PREDICTIONS, Codec
+from services.common.avro import IMAGES, PREDICTIONS, TWEETS, Codec, nest_origin
+from services.common.envelope import Envelope
 from services.fetcher.imaging import PIXEL_FORMAT, to_model_input
 from tools import demo_data
 
@@ -59,10 +60,18 @@ def image_record(tweet_id: str, pixels: bytes) -> dict[str, Any]:
     }
 
 
-def produce(topic: str, records: list[dict[str, Any]], per_second: float = 0.0, codec: Codec = IMAGES) -> None:
+def produce(
+    topic: str, records: list[dict[str, Any]], per_second: float = 0.0, codec: Codec = IMAGES, headers: bool = True
+) -> None:
+    """Write the tests' flat records as the stages do: `origin` nested (images, predictions),
+    the envelope in headers (unless `headers` is False, as an older producer wrote them)."""
     producer = Producer({"bootstrap.servers": "localhost:9092"})
     for record in records:
-        producer.produce(topic, codec.encode(record), key=record["tweet_id"])
+        wire = record if codec is TWEETS else nest_origin(record)
+        envelope: list[tuple[str, str | bytes | None]] | None = None
+        if headers:
+            envelope = [*Envelope(record["priority"], record["ingest_ts_ms"]).headers()]
+        producer.produce(topic, codec.encode(wire), key=record["tweet_id"], headers=envelope)
         producer.poll(0)
         if per_second:
             time.sleep(1 / per_second)
@@ -70,6 +79,7 @@ def produce(topic: str, records: list[dict[str, Any]], per_second: float = 0.0, 
 
 
 def consume(topic: str, expected: int, timeout_s: float, codec: Codec = PREDICTIONS) -> list[dict[str, Any]]:
+    """The records of `topic`, flat (`origin`'s fields beside the others) as the tests build them."""
     consumer = Consumer(
         {"bootstrap.servers": "localhost:9092", "group.id": f"test-{uuid.uuid4()}", "auto.offset.reset": "earliest"}
     )
@@ -80,16 +90,23 @@ def consume(topic: str, expected: int, timeout_s: float, codec: Codec = PREDICTI
         while len(records) < expected and time.monotonic() < deadline:
             message = consumer.poll(0.5)
             if message is not None and not message.error():
-                records.append(codec.decode(message.value()))
+                records.append(flatten(codec.decode(message.value())))
         # anything beyond `expected` would be a duplicate: give it a moment to show up
         end = time.monotonic() + 2
         while time.monotonic() < end:
             message = consumer.poll(0.2)
             if message is not None and not message.error():
-                records.append(codec.decode(message.value()))
+                records.append(flatten(codec.decode(message.value())))
     finally:
         consumer.close()
     return records
+
+
+def flatten(record: dict[str, Any]) -> dict[str, Any]:
+    """`origin`'s fields beside the record's own, as the tests' records are built."""
+    if "origin" not in record:
+        return record
+    return {**record["origin"], **{key: value for key, value in record.items() if key != "origin"}}
 
 
 def classifier_env(topics: list[str], triton_url: str, model: str, port: int) -> dict[str, str]:

@@ -26,7 +26,7 @@ from confluent_kafka.admin import AdminClient
 from PIL import Image, ImageDraw
 from playwright.sync_api import ConsoleMessage, Page, expect, sync_playwright
 
-from services.common.avro import PREDICTIONS
+from services.common.avro import PREDICTIONS, nest_origin
 from services.common.settings import KafkaSettings
 from services.common.timeutil import now_ms
 from tests.sink.records import prediction
@@ -111,7 +111,7 @@ class Sink:
             )
             | fields
         )
-        self.producer.produce(self.topic, PREDICTIONS.encode(record), key=tweet_id)
+        self.producer.produce(self.topic, PREDICTIONS.encode(nest_origin(record)), key=tweet_id)
         assert self.producer.flush(10) == 0
 
     def stored(self, tweet_id: str) -> bool:

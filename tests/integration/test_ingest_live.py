@@ -26,8 +26,9 @@ from confluent_kafka.admin import AdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.common.avro import TWEETS
-from services.common.kafka import TopicSpec, ensure_topics
+from services.common.kafka import ensure_topics
 from services.common.settings import KafkaSettings
+from services.common.stages import TopicSpec
 from services.ingest import rules
 from services.ingest.backfill import search_queries
 from tests.fakes.x_api import KEEP_ALIVE, OPERATIONAL_DISCONNECT, Connection, FakeXApi, post, search_page
@@ -126,6 +127,8 @@ async def run_cli(*args: str, env: dict[str, str]) -> tuple[dict[str, Any], str]
 POSTS = [tweet_id(n) for n in range(1, 8)]  # every post with images, in stream order
 NO_IMAGES = tweet_id(50)
 NOT_A_POST = b'{"data": {"id": "12ab", "text": "an id X never sends"}}\r\n'
+#: a line twice INGEST_MAX_LINE_BYTES' default: aiohttp's readline gave up at 512 KiB
+LONG_LINE = b'{"data": {"id": "77", "text": "' + b"x" * (2 << 20) + b'"}}\r\n'
 
 
 def scripted_session() -> list[Connection]:
@@ -137,7 +140,7 @@ def scripted_session() -> list[Connection]:
         Connection(status=503),
         Connection([p[1], p[2], KEEP_ALIVE, p[3]], end="stall"),  # p[1] again
         Connection([p[3], p[4], NOT_A_POST, OPERATIONAL_DISCONNECT], end="hold"),  # p[3] again
-        Connection([p[5], KEEP_ALIVE, p[6]], end="hold"),
+        Connection([p[5], LONG_LINE, KEEP_ALIVE, p[6]], end="hold"),
     ]
 
 
@@ -243,13 +246,19 @@ async def test_live_ingest_survives_a_hard_session_and_delivers_every_post_once(
     assert metric("tagstream_records_skipped_total", stage="ingest", reason="no_images") == 1
     assert metric("tagstream_records_produced_total", stage="ingest", topic=topics["out"]) == len(POSTS)
     assert metric("tagstream_dead_letters_total", stage="ingest", reason="bad_post") == 1
+    assert metric("tagstream_dead_letters_total", stage="ingest", reason="line_too_long") == 1
     assert metric("tagstream_x_stream_error_messages_total", title="operational-disconnect") == 1
     assert metric("tagstream_x_stream_connected") == 1
     assert health == 200
 
-    # the line that was not a post went to the dead-letter topic with its reason
-    letters = await asyncio.to_thread(consume, topics["dlq"], lambda ms: len(ms) >= 1)
-    assert [dict(m.headers())["error"] for m in letters] == [b"bad_post"]
+    # the line that was not a post, and the one too long to read whole, went to the
+    # dead-letter topic with their reasons; the stream went on after both
+    letters = await asyncio.to_thread(consume, topics["dlq"], lambda ms: len(ms) >= 2)
+    assert [dict(m.headers())["error"] for m in letters] == [b"bad_post", b"line_too_long"]
+    long_letter = dict(letters[1].headers())
+    assert long_letter["value_truncated"] == b"%d bytes: line_too_long" % len(LONG_LINE.rstrip(b"\n"))
+    assert LONG_LINE.startswith(letters[1].value())
+    assert len(letters[1].value()) == 64 * 1024
 
     # the token reached the server on every request and no log line
     assert x_api.unauthorized == 0
@@ -273,6 +282,26 @@ async def test_live_ingest_survives_a_hard_session_and_delivers_every_post_once(
         return {k: v for k, v in record.items() if k != "ingest_ts_ms"}
 
     assert [comparable(TWEETS.decode(m.value())) for m in replayed] == [comparable(r) for r in records]
+
+
+async def test_a_post_too_large_for_the_broker_is_dead_lettered_and_the_replay_goes_on(
+    x_api: FakeXApi, topics: dict[str, str], tmp_path: Path
+) -> None:
+    huge = post(tweet_id(60))
+    huge["data"]["text"] = "x" * (2 << 20)  # a record over the producer's and the broker's 1 MB
+    stream = tmp_path / "stream.jsonl"
+    stream.write_bytes(b"".join(json.dumps(p).encode() + b"\n" for p in (post(POSTS[0]), huge, post(POSTS[1]))))
+    summary, _ = await run_cli(
+        "replay", str(stream), env=service_env(x_api, INGEST_OUTPUT_TOPIC=topics["out"], INGEST_DLQ_TOPIC=topics["dlq"])
+    )  # fmt: skip
+    assert (summary["produced"], summary["refused"], summary["dead_letters"]) == (2, 1, {"too_large": 1})
+    produced = await asyncio.to_thread(consume, topics["out"], lambda ms: len(ms) >= 2)
+    assert [m.key().decode() for m in produced] == POSTS[:2]
+    (letter,) = await asyncio.to_thread(consume, topics["dlq"], lambda ms: len(ms) >= 1)
+    headers = dict(letter.headers())
+    assert headers["error"] == b"too_large"
+    assert (headers["priority"], headers["value_truncated"].split(b" ")[1]) == (b"2", b"bytes:")
+    assert letter.value() == json.dumps(huge).encode()[: 64 * 1024]
 
 
 async def test_backfill_produces_the_same_records_as_the_stream(x_api: FakeXApi, topics: dict[str, str]) -> None:

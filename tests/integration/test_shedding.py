@@ -16,9 +16,10 @@ from confluent_kafka import Consumer, TopicPartition
 
 from services.common.avro import IMAGES, PREDICTIONS, TWEETS
 from services.common.downstream import DownstreamWatch
-from services.common.kafka import TopicSpec, ensure_topics
+from services.common.kafka import ensure_topics
 from services.common.settings import KafkaSettings
 from services.common.shedding import Lag
+from services.common.stages import TopicSpec
 
 from .processes import free_port, fresh_topics, service, wait_until
 from .test_classifier import consume, image_record, photo_pixels, produce
@@ -132,7 +133,7 @@ def test_overload_sheds_low_priority_first_and_keeps_every_high_one(kafka: None,
             while time.monotonic() < deadline and len(classified) + shed < total:
                 message = consumer.poll(0.5)
                 if message is not None and not message.error():
-                    classified.add(PREDICTIONS.decode(message.value())["tweet_id"])
+                    classified.add(PREDICTIONS.decode(message.value())["origin"]["tweet_id"])
                 shed = metric(port, "tagstream_records_shed_total", f'priority="{LOW}"')
             return shed
 

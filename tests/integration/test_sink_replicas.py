@@ -19,7 +19,7 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
-from services.common.avro import PREDICTIONS
+from services.common.avro import PREDICTIONS, nest_origin
 from services.common.settings import KafkaSettings
 from tests.sink import postgres
 from tests.sink.records import prediction
@@ -84,7 +84,9 @@ async def test_every_replica_streams_what_any_replica_stores(kafka: None, databa
                 sent = set()
                 for n in range(6):
                     tweet_id = str(5000 + n)
-                    producer.produce(topic, PREDICTIONS.encode(prediction(tweet_id)), key=tweet_id, partition=n % 2)
+                    producer.produce(
+                        topic, PREDICTIONS.encode(nest_origin(prediction(tweet_id))), key=tweet_id, partition=n % 2
+                    )
                     sent.add(tweet_id)
                 assert producer.flush(10) == 0
                 streamed = await asyncio.wait_for(read_predictions(events, len(sent)), timeout=60)

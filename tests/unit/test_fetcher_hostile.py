@@ -52,7 +52,7 @@ from aiohttp.client_exceptions import ClientConnectorError
 from aiohttp.test_utils import TestServer
 from PIL import Image
 
-from services.common.stream import DeadLetter
+from services.common.process import DeadLetter
 from services.fetcher.fetch import Fetcher
 from services.fetcher.netguard import BLOCKED_MARKER, guarded_socket_factory
 from services.fetcher.pipeline import ImagePipeline

@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 
 from services.common import pixels as pixel_formats
 from services.common.avro import IMAGES
-from services.common.stream import DeadLetter, Output
+from services.common.process import DeadLetter, Output
 from services.fetcher.fetch import Fetcher
 from services.fetcher.pipeline import ImagePipeline
 from services.fetcher.settings import FetcherSettings
@@ -76,13 +76,13 @@ async def test_each_image_gives_a_record_or_a_dead_letter(server: TestServer, de
     assert red.topic == grey.topic == "images"
     assert red.key == "1700000000000000001"
     record = IMAGES.decode(red.value)
-    assert record["media_key"] == "3_0"
-    assert record["image_url"] == urls[0]
+    assert record["origin"]["media_key"] == "3_0"
+    assert record["origin"]["image_url"] == urls[0]
     assert (record["source_width"], record["source_height"], record["source_format"]) == (640, 480, "JPEG")
     assert (record["width"], record["height"], record["pixel_format"]) == (64, 64, "RGB8_HWC")
-    assert record["priority"] == 2
-    assert record["ingest_ts_ms"] == 1_700_000_000_000
-    assert record["fetch_ts_ms"] >= record["ingest_ts_ms"]
+    assert record["origin"]["priority"] == 2
+    assert record["origin"]["ingest_ts_ms"] == 1_700_000_000_000
+    assert record["fetch_ts_ms"] >= record["origin"]["ingest_ts_ms"]
     pixels = np.frombuffer(record["pixels"], np.uint8).reshape(64, 64, 3)
     assert np.abs(pixels.astype(int) - (220, 20, 20)).max() < 10
     grey_record = IMAGES.decode(grey.value)

@@ -7,12 +7,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka import KafkaError
 
 from services.common.avro import TWEETS
+from services.common.envelope import Envelope, from_headers
 from services.common.kafka import AsyncProducer
 from services.ingest.dedup import RecentIds
 from services.ingest.payload import parse_line
 from services.ingest.produce import PayloadFile, PayloadProducer
+from tests.fakes.kafka import FakeBroker, FakeProducer
 from tests.fakes.x_api import post
 
 
@@ -45,9 +48,10 @@ async def test_a_post_becomes_a_keyed_record_and_a_repeat_is_dropped(producer: A
     payloads = payloads_for(producer)
     first = payloads.prepare(line(post("11")))
     assert first is not None
-    assert (first.topic, first.key, first.tweet_id) == ("out", "11", "11")
-    record = TWEETS.decode(first.value)
+    assert (first.record.topic, first.record.key, first.tweet_id) == ("out", "11", "11")
+    record = TWEETS.decode(first.record.value)
     assert record["priority"] == 5
+    assert from_headers(first.record.headers) == Envelope(5, record["ingest_ts_ms"])
     assert payloads.prepare(line(post("11"))) is None
     assert payloads.tally.duplicates == 1
     assert payloads.tally.lines == 2
@@ -59,8 +63,8 @@ async def test_keep_alives_posts_without_images_and_broken_lines(producer: Async
     assert payloads.prepare(line(post("12", images=0))) is None
     letter = payloads.prepare(b'{"data": ')
     assert letter is not None
-    assert letter.topic == "out.dlq"
-    assert dict(letter.headers)["error"] == b"bad_json"
+    assert letter.record.topic == "out.dlq"
+    assert dict(letter.record.headers)["error"] == b"bad_json"
     assert letter.tweet_id is None
     assert payloads.tally.lines == 2
     assert payloads.tally.without_images == 1
@@ -86,3 +90,24 @@ async def test_a_repeated_post_without_images_is_a_duplicate_too(producer: Async
     assert payloads.prepare(line(post("13", images=0))) is None
     assert payloads.prepare(line(post("13", images=0))) is None
     assert (payloads.tally.without_images, payloads.tally.duplicates) == (1, 1)
+
+
+async def test_a_post_the_broker_refuses_for_its_size_becomes_a_dead_letter_and_the_stream_goes_on() -> None:
+    broker = FakeBroker()
+    fake = FakeProducer(broker, {"out": [KafkaError.MSG_SIZE_TOO_LARGE]})
+    payloads = PayloadProducer(
+        fake, output_topic="out", dlq_topic="out.dlq", priorities={}, default_priority=0, source="test"
+    )
+    huge, small = line(post("21")), line(post("22"))
+    for raw in (huge, small):
+        outgoing = payloads.prepare(raw)
+        assert outgoing is not None
+        await payloads.send(outgoing)
+    assert [m.key() for m in broker.records("out")] == ["22"]
+    (letter,) = broker.records("out.dlq")
+    headers = dict(letter.headers() or [])
+    assert headers["error"] == b"too_large"
+    assert headers["value_truncated"] == b"%d bytes: too_large" % len(huge.strip())
+    assert letter.value() == huge.strip()
+    assert from_headers(letter.headers()) is not None
+    assert (payloads.tally.produced, payloads.tally.refused) == (1, 1)

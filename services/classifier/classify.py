@@ -1,0 +1,82 @@
+"""The classifier's handler: one `images` record in, one `predictions` record out.
+
+Pixels are decoded off the event loop (raw pixels are only a view), gathered into
+micro-batches for Triton (`batcher.py`), and each image's scores turned into hashtags
+(`hashtags.py`). The record's `origin` is copied as is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from services.common import pixels
+from services.common.avro import PREDICTIONS
+from services.common.errors import RecordError
+from services.common.process import Output
+from services.common.timeutil import now_ms
+
+from .batcher import MicroBatcher
+from .hashtags import HashtagConfig, suggest
+from .settings import ClassifierSettings
+from .triton import ModelSignature, TritonModel
+
+Pixels = npt.NDArray[np.uint8]
+Scored = tuple[npt.NDArray[np.float32], float, int]  # scores, request milliseconds, batch size
+
+
+class Classifier:
+    def __init__(
+        self, settings: ClassifierSettings, model: TritonModel, signature: ModelSignature, tags: HashtagConfig
+    ) -> None:
+        self.settings = settings
+        self.decode_pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
+        self.model = model
+        self.signature = signature
+        self.tags = tags
+        self.batcher: MicroBatcher[Pixels, Scored] = MicroBatcher(
+            self._infer, settings.max_batch_size, settings.max_batch_wait_ms / 1000, settings.max_requests_in_flight
+        )
+
+    async def close(self) -> None:
+        await self.batcher.close()
+        self.decode_pool.shutdown()
+
+    async def _infer(self, images: Sequence[Pixels]) -> list[Scored]:
+        started = time.monotonic()
+        scores = await self.model.infer(images)
+        elapsed_ms = (time.monotonic() - started) * 1000
+        return [(row, elapsed_ms, len(images)) for row in scores]
+
+    async def handle(self, image: dict[str, Any]) -> list[Output]:
+        shape = (image["height"], image["width"], 3)
+        if shape != self.signature.input_shape:
+            raise RecordError("bad_shape", f"{shape} does not fit the model's {self.signature.input_shape}")
+        try:
+            if image["pixel_format"] == pixels.RAW:  # a view of the bytes: not worth a thread
+                array = pixels.decode(pixels.RAW, image["pixels"], *shape[:2])
+            else:
+                array = await asyncio.get_running_loop().run_in_executor(
+                    self.decode_pool, pixels.decode, image["pixel_format"], image["pixels"], *shape[:2]
+                )
+        except pixels.PixelError as exc:
+            raise RecordError("bad_pixels", str(exc)) from exc
+        scores, inference_ms, batch_size = await self.batcher.submit(array)
+        prediction = {
+            "origin": image["origin"],
+            "hashtags": [{"hashtag": tag, "score": score} for tag, score in suggest(scores.tolist(), self.tags)],
+            "scores": {c.label: float(s) for c, s in zip(self.tags.classes, scores.tolist(), strict=True)},
+            "model_name": self.signature.name,
+            "model_version": self.signature.version,
+            "fetch_ts_ms": image["fetch_ts_ms"],
+            "classify_ts_ms": now_ms(),
+            "inference_ms": inference_ms,
+            "batch_size": batch_size,
+        }
+        return [Output(self.settings.output_topic, PREDICTIONS.encode(prediction), key=image["origin"]["tweet_id"])]

@@ -1,0 +1,195 @@
+"""An in-memory broker, consumer and producer with the calls the stream loop makes, so the
+loop's logic is tested without Kafka. The integration tests run the same loop on a real broker.
+
+The consumer behaves as librdkafka's does where the loop depends on it: rebalance callbacks run
+inside `consume`, a paused partition returns nothing, a revoked partition's next owner starts
+from the committed offset, and offsets can only be stored for assigned partitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from services.common.kafka import DeliveryError, Outgoing
+
+TP = tuple[str, int]
+Callback = Callable[[Any, list[TopicPartition]], Awaitable[None]]
+
+
+@dataclass
+class FakeMessage:
+    _topic: str
+    _partition: int
+    _offset: int
+    _value: bytes | None
+    _key: str | bytes | None = None
+    _headers: list[tuple[str, bytes]] | None = None
+    _timestamp_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def key(self) -> str | bytes | None:
+        return self._key
+
+    def headers(self) -> list[tuple[str, bytes]] | None:
+        return self._headers
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, self._timestamp_ms)
+
+    def error(self) -> None:
+        return None
+
+
+class FakeBroker:
+    def __init__(self) -> None:
+        self.logs: dict[TP, list[FakeMessage]] = {}
+
+    def append(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        partition: int = 0,
+        key: str | bytes | None = None,
+        headers: Iterable[tuple[str, bytes]] | None = None,
+    ) -> FakeMessage:
+        log = self.logs.setdefault((topic, partition), [])
+        message = FakeMessage(topic, partition, len(log), value, key, list(headers) if headers is not None else None)
+        log.append(message)
+        return message
+
+    def records(self, topic: str) -> list[FakeMessage]:
+        return [m for (t, _), log in sorted(self.logs.items()) if t == topic for m in log]
+
+
+class FakeConsumer:
+    """One member of a group over `partitions` of the broker; tests move partitions with
+    `revoke`, `assign` and `lose`, which take effect inside the next `consume`."""
+
+    def __init__(self, broker: FakeBroker, partitions: Iterable[TP]) -> None:
+        self.broker = broker
+        self.committed: dict[TP, int] = {}
+        self.stored: dict[TP, int] = {}
+        self.positions: dict[TP, int] = {}
+        self.paused: set[TP] = set()
+        self.pause_calls = 0
+        self.resume_calls = 0
+        self.closed = False
+        self._events: list[tuple[str, list[TP]]] = [("assign", list(partitions))]
+        self._callbacks: dict[str, Callback] = {}
+
+    # --- what the stream loop calls -------------------------------------------------------
+    async def subscribe(self, topics: list[str], **callbacks: Callback) -> None:
+        self._callbacks = callbacks
+
+    async def consume(self, num_messages: int = 1, timeout: float = -1) -> list[FakeMessage]:  # noqa: ASYNC109
+        await self._rebalance()
+        out: list[FakeMessage] = []
+        for tp in sorted(self.positions):
+            if tp in self.paused:
+                continue
+            log = self.broker.logs.get(tp, [])
+            while self.positions[tp] < len(log) and len(out) < num_messages:
+                out.append(log[self.positions[tp]])
+                self.positions[tp] += 1
+        if not out:
+            await asyncio.sleep(min(max(timeout, 0), 0.01))
+        return out
+
+    async def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition(t, p) for t, p in sorted(self.positions)]
+
+    async def pause(self, partitions: list[TopicPartition]) -> None:
+        self.pause_calls += 1
+        self.paused |= {(p.topic, p.partition) for p in partitions}
+
+    async def resume(self, partitions: list[TopicPartition]) -> None:
+        self.resume_calls += 1
+        self.paused -= {(p.topic, p.partition) for p in partitions}
+
+    async def get_watermark_offsets(self, partition: TopicPartition, cached: bool = False) -> tuple[int, int]:
+        return 0, len(self.broker.logs.get((partition.topic, partition.partition), []))
+
+    async def store_offsets(self, offsets: list[TopicPartition]) -> None:
+        for p in offsets:
+            tp = (p.topic, p.partition)
+            if tp not in self.positions:
+                raise KafkaException(KafkaError(KafkaError._STATE, f"{tp} is not assigned"))
+            self.stored[tp] = p.offset
+
+    async def close(self) -> None:
+        self.committed.update(self.stored)
+        self.closed = True
+
+    # --- what a test does -----------------------------------------------------------------
+    def revoke(self, partitions: Iterable[TP]) -> None:
+        self._events.append(("revoke", list(partitions)))
+
+    def assign(self, partitions: Iterable[TP]) -> None:
+        self._events.append(("assign", list(partitions)))
+
+    def lose(self, partitions: Iterable[TP]) -> None:
+        self._events.append(("lose", list(partitions)))
+
+    def commit_stored(self) -> None:
+        """What librdkafka's auto-commit does every interval."""
+        self.committed.update(self.stored)
+
+    async def _rebalance(self) -> None:
+        while self._events:
+            kind, tps = self._events.pop(0)
+            partitions = [TopicPartition(t, p) for t, p in tps]
+            if kind == "assign":
+                for tp in tps:
+                    self.positions[tp] = self.committed.get(tp, 0)
+                await self._call("on_assign", partitions)
+                continue
+            await self._call("on_revoke" if kind == "revoke" else "on_lost", partitions)
+            if kind == "revoke":  # the commit a revocation makes
+                self.committed.update({tp: o for tp, o in self.stored.items() if tp in tps})
+            for tp in tps:
+                self.positions.pop(tp, None)
+                self.stored.pop(tp, None)
+                self.paused.discard(tp)
+
+    async def _call(self, name: str, partitions: list[TopicPartition]) -> None:
+        callback = self._callbacks.get(name)
+        if callback is not None:
+            await callback(self, partitions)
+
+
+class FakeProducer:
+    """Writes to the broker; `failures[topic]` delivery failures come first for that topic."""
+
+    def __init__(self, broker: FakeBroker, failures: dict[str, list[int]] | None = None) -> None:
+        self.broker = broker
+        #: per topic, the error codes of the next deliveries that fail, in order
+        self.failures = failures or {}
+        self.attempts: list[Outgoing] = []
+
+    def send(self, record: Outgoing) -> asyncio.Future[Any]:
+        self.attempts.append(record)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        pending = self.failures.get(record.topic)
+        if pending:
+            future.set_exception(DeliveryError(KafkaError(pending.pop(0))))
+        else:
+            future.set_result(self.broker.append(record.topic, record.value, key=record.key, headers=record.headers))
+        return future
