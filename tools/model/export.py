@@ -16,6 +16,7 @@ on the same inputs. The file is written for the GPU repository and linked into t
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -30,8 +31,11 @@ import onnx
 from . import standin
 from .vocabulary import REPOSITORY, checkpoint_groups, imagenet_groups, mapping_matrix, vocabulary
 
-GPU_MODEL = REPOSITORY / "gpu" / "resnet50" / "1" / "model.onnx"
-CPU_MODEL = REPOSITORY / "cpu" / "resnet50" / "1" / "model.onnx"
+GPU_MODEL = Path("gpu") / "resnet50" / "1" / "model.onnx"  # in a model repository
+CPU_MODEL = Path("cpu") / "resnet50" / "1" / "model.onnx"
+# The opt-in virtualenv with torch (`make torch-venv`): the torch sources run there when the
+# interpreter at hand has no torch, so `make model FORCE=1 CHECKPOINT=...` works as written.
+TORCH_PYTHON = REPOSITORY.parent / ".venv-torch" / "bin" / "python"
 SEED_CLASSES = "butterfly,cats,cow,dogs,elephants,hen,horse,monkey,panda,sheep,spider,squirrel,others"
 MAX_ABS_DIFF = 1e-4
 # torch.onnx's exporter writes opset 18 at the lowest (it converts down only for some graphs).
@@ -219,25 +223,33 @@ def link_into(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.model.export", description=__doc__.splitlines()[0])
     parser.add_argument("--source", choices=["auto", "checkpoint", "imagenet", "standin"], default="auto")
     parser.add_argument("--checkpoint", type=Path)
     parser.add_argument("--classes", default=SEED_CLASSES, help="the checkpoint head's classes, comma-separated")
     parser.add_argument("--force", action="store_true", help="export again even if the model exists")
-    args = parser.parse_args()
-    info_path = GPU_MODEL.with_name("model.json")
-    if GPU_MODEL.exists() and CPU_MODEL.exists() and not args.force:
+    parser.add_argument("--repository", type=Path, default=REPOSITORY, help="the model repository to write into")
+    args = parser.parse_args(argv)
+    gpu_model, cpu_model = args.repository / GPU_MODEL, args.repository / CPU_MODEL
+    info_path = gpu_model.with_name("model.json")
+    if gpu_model.exists() and cpu_model.exists() and not args.force:
         info = json.loads(info_path.read_text()) if info_path.exists() else {}
-        print(f"{GPU_MODEL} exists ({info.get('source', 'unknown source')}); --force to export again", file=sys.stderr)
+        print(f"{gpu_model} exists ({info.get('source', 'unknown source')}); --force to export again", file=sys.stderr)
         if not info.get("meaningful", False):
             print(NOTICE, file=sys.stderr)
         return 0
-    info = export(args.source, GPU_MODEL, args.checkpoint, args.classes.split(","))
+    wants_torch = args.source in ("checkpoint", "imagenet") or (args.source == "auto" and args.checkpoint is not None)
+    in_torch_venv = Path(sys.prefix).resolve() == TORCH_PYTHON.parents[1].resolve()
+    if wants_torch and importlib.util.find_spec("torch") is None and TORCH_PYTHON.exists() and not in_torch_venv:
+        print(f"no torch here: exporting with {TORCH_PYTHON}", file=sys.stderr)
+        command = [str(TORCH_PYTHON), "-m", "tools.model.export", *(sys.argv[1:] if argv is None else argv)]
+        os.execve(TORCH_PYTHON, command, {**os.environ, "PYTHONPATH": str(REPOSITORY.parent)})
+    info = export(args.source, gpu_model, args.checkpoint, args.classes.split(","))
     info_path.write_text(json.dumps(info, indent=2) + "\n")
-    link_into(GPU_MODEL, CPU_MODEL)
+    link_into(gpu_model, cpu_model)
     print(
-        f"wrote {GPU_MODEL} and {CPU_MODEL} ({GPU_MODEL.stat().st_size / 1e6:.1f} MB): {info['source']}",
+        f"wrote {gpu_model} and {cpu_model} ({gpu_model.stat().st_size / 1e6:.1f} MB): {info['source']}",
         file=sys.stderr,
     )
     return 0
