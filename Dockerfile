@@ -6,14 +6,24 @@
 # CPython 3.11, so the build needs no compiler. Runs as an unprivileged user and works
 # with a read-only root filesystem (no bytecode written at run time, /tmp for scratch).
 # Pin the base image by digest (`python:3.11-slim-bookworm@sha256:...`) in a release build.
+# Without a registry, `make image` (scripts/image.sh) builds with buildah on a stand-in of
+# this base made from Debian bookworm's own python3 and tagged with this name.
 FROM python:3.11-slim-bookworm AS build
+# pip trusts the system's CA bundle (the one scripts/image.sh mounts for the build, where a
+# proxy needs it), not the copy it carries; this stage's settings stay out of the image.
 ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_CERT=/etc/ssl/certs/ca-certificates.crt
 RUN python -m venv /opt/tagstream
 WORKDIR /src
+# The dependencies first, in a layer of their own: a change to the code reinstalls none.
 COPY pyproject.toml constraints.txt ./
+RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" \
+        >requirements.txt \
+    && /opt/tagstream/bin/pip install --constraint constraints.txt --requirement requirements.txt
 COPY services ./services
-RUN /opt/tagstream/bin/pip install --constraint constraints.txt . \
+RUN /opt/tagstream/bin/pip install --no-deps --constraint constraints.txt . \
+    && /opt/tagstream/bin/pip check \
     && /opt/tagstream/bin/pip uninstall --yes pip setuptools
 
 FROM python:3.11-slim-bookworm

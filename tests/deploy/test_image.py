@@ -30,15 +30,25 @@ def test_multi_stage_build_installs_the_project_with_its_pins_and_no_extras() ->
     steps = _instructions()
     stages = [args for word, args in steps if word == "FROM"]
     assert len(stages) == 2, stages
+    assert len({s.split()[0] for s in stages}) == 1, "one base, the name scripts/image.sh makes when offline"
     assert all("slim" in s for s in stages), stages
     installs = [args for word, args in steps if word == "RUN" and "pip install" in args]
-    assert len(installs) == 1
-    (install,) = installs
-    assert "--constraint constraints.txt" in install or "-c constraints.txt" in install
-    target = install.split("pip install", 1)[1].split("&&")[0].split()[-1]
-    assert target == ".", f"install the project itself, without extras: {target}"
+    # The dependencies (pyproject's list, pinned), then the project alone, after the code is copied.
+    assert len(installs) == 2, installs
+    dependencies, project = (args.split("pip install", 1)[1].split("&&")[0].split() for args in installs)
+    for words in (dependencies, project):
+        assert "--constraint" in words
+        assert words[words.index("--constraint") + 1] == "constraints.txt"
+    assert "--requirement" in dependencies
+    assert "['project']['dependencies']" in installs[0]
+    assert project[-1] == ".", f"install the project itself, without extras: {project[-1]}"
+    assert "--no-deps" in project
+    assert "pip check" in installs[1]
+    copies = [args for word, args in steps if word == "COPY" and not args.startswith("--from")]
+    order = [word + args for word, args in steps]
+    assert order.index("RUN" + installs[0]) < order.index("COPY" + copies[-1]) < order.index("RUN" + installs[1])
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    assert not any(f"[{extra}" in install for extra in extras)
+    assert not any(f"[{extra}" in install for install in installs for extra in extras)
     copies_from_build = [args for word, args in steps if word == "COPY" and args.startswith("--from=build")]
     assert copies_from_build, "the runtime stage takes only the built environment"
 
