@@ -189,7 +189,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from . import torchnet
 
     torch.manual_seed(args.seed)  # the new head's initialisation
-    net = torchnet.resnet50_head(len(classes), args.init)
+    try:
+        net = torchnet.resnet50_head(len(classes), args.init)
+    except OSError as exc:  # the weights' download (URLError is an OSError)
+        raise SystemExit(f"cannot get torchvision's ImageNet weights ({exc}); --init none starts without") from exc
     set_trainable(net, args.train)
     losses = train(net, dataset, len(classes), args.epochs, args.batch_size, args.lr, args.seed)
     save(net, classes, losses, args.init, args.out)
