@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from importlib import resources
 from typing import Any
@@ -15,7 +16,7 @@ from services.common.timeutil import now_ms
 from .live import LiveHub, TooManyStreams
 from .security import install_security_headers
 from .settings import DEFAULT_IMAGE_SOURCES
-from .store import Cursor, PredictionQuery, Store, StoreUnavailable
+from .store import INT64_MAX, Cursor, PredictionQuery, Store, StoreUnavailable, storable_text
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,9 @@ RECONNECT_MS = 3000
 STORE = web.AppKey("store", Store)
 HUB = web.AppKey("hub", LiveHub)
 FILES = web.AppKey("files", dict[str, tuple[bytes, str]])
+
+# Plain ASCII digits: int() would also take "1_000", " 7 " and other scripts' digits.
+_INTEGER = re.compile(r"-?[0-9]+")
 
 # The page and its assets, read once at start: no build step, no directory listing.
 _STATIC = {
@@ -93,7 +97,9 @@ async def recent_predictions(request: web.Request) -> web.Response:
 
 
 async def one_prediction(request: web.Request) -> web.Response:
-    item = await request.app[STORE].get(request.match_info["tweet_id"], request.match_info["media_key"])
+    tweet_id = _text("tweet_id", request.match_info["tweet_id"])
+    media_key = _text("media_key", request.match_info["media_key"])
+    item = await request.app[STORE].get(tweet_id, media_key)
     if item is None:
         return _json({"error": "no prediction for that tweet id and media key"}, status=404)
     return _json(item)
@@ -104,7 +110,7 @@ async def hashtag_counts(request: web.Request) -> web.Response:
     since_ms = _optional_int(request.query, "since_ms")
     until_ms = _optional_int(request.query, "until_ms")
     if since_ms is None:
-        since_ms = (until_ms if until_ms is not None else now) - DEFAULT_COUNTS_WINDOW_MS
+        since_ms = max(0, (until_ms if until_ms is not None else now) - DEFAULT_COUNTS_WINDOW_MS)
     if until_ms is not None and since_ms >= until_ms:
         raise BadRequest("since_ms must be before until_ms")
     min_score = _score(request.query)
@@ -193,6 +199,11 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         return await handler(request)
     except BadRequest as exc:
         return _json({"error": str(exc)}, status=400)
+    except web.HTTPException as exc:  # aiohttp's own answers (no such route, ...), as JSON like ours
+        if exc.status < 400:
+            raise
+        headers = {name: value for name, value in exc.headers.items() if name in ("Allow", "Retry-After")}
+        return _json({"error": exc.reason}, status=exc.status, headers=headers)
     except StoreUnavailable as exc:
         log.warning("store unavailable", extra={"fields": {"path": request.path, "error": str(exc)}})
         return _json({"error": "the store is unavailable; retry later"}, status=503, headers={"Retry-After": "5"})
@@ -213,16 +224,18 @@ def _int(query: Mapping[str, str], name: str, default: int, low: int, high: int)
 
 
 def _optional_int(query: Mapping[str, str], name: str) -> int | None:
+    """A non-negative integer the stores can hold (signed 64-bit), or None when absent."""
     raw = query.get(name)
     if raw is None or raw == "":
         return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"{name} must be an integer") from None
-    if value < 0:
+    if not _INTEGER.fullmatch(raw):
+        raise BadRequest(f"{name} must be an integer")
+    if raw.startswith("-"):
         raise BadRequest(f"{name} must not be negative")
-    return value
+    # Compared as text first: int() refuses very long digit strings, and need not see them.
+    if len(raw.lstrip("0")) > len(str(INT64_MAX)) or int(raw) > INT64_MAX:
+        raise BadRequest(f"{name} must be at most {INT64_MAX}")
+    return int(raw)
 
 
 def _score(query: Mapping[str, str]) -> float:
@@ -242,4 +255,12 @@ def _hashtag(query: Mapping[str, str]) -> str | None:
     value = query.get("hashtag") or None
     if value is not None and len(value) > MAX_HASHTAG_LENGTH:
         raise BadRequest(f"hashtag must be at most {MAX_HASHTAG_LENGTH} characters")
+    return None if value is None else _text("hashtag", value)
+
+
+def _text(name: str, value: str) -> str:
+    # A URL decodes to valid Unicode (bad UTF-8 becomes U+FFFD) but may hold %00, which
+    # PostgreSQL text cannot: no stored id or hashtag has one.
+    if not storable_text(value):
+        raise BadRequest(f"{name} must not contain NUL characters")
     return value

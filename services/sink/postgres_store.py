@@ -1,8 +1,15 @@
-"""The PostgreSQL store (psycopg 3, asyncio), shared by any number of sink replicas.
+r"""The PostgreSQL store (psycopg 3, asyncio), shared by any number of sink replicas.
 
 Every write notifies the channel `tagstream_predictions` in its transaction, so each
 replica's live feed (`watch`) carries the predictions stored by all replicas, not only
 those of the partitions it consumes.
+
+PostgreSQL text cannot hold NUL, which post text may. A row whose free text (`FREE_TEXT`)
+has one is stored with every `\` of those columns written `\\` and every NUL written
+`\0`, and `nul_escaped` set; reads undo it. Every other row is stored as it came.
+
+A write refused because the server is read-only (a standby, or a primary demoted during
+a failover) is retried on a new connection, which may reach the new primary.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -17,6 +25,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from services.common.errors import RecordError
 from services.common.timeutil import now_ms
 
 from . import sql
@@ -78,18 +87,26 @@ MIGRATIONS: tuple[str, ...] = (
         ON prediction_hashtags (hashtag, classify_ts_ms, tweet_id, media_key);
     CREATE INDEX prediction_hashtags_by_time ON prediction_hashtags (classify_ts_ms);
     """,
+    # 2: NUL in free text, escaped (the module's docstring).
+    """
+    ALTER TABLE predictions ADD COLUMN nul_escaped BOOLEAN NOT NULL DEFAULT false;
+    """,
 )
 
+#: the text columns a record may fill with anything its author wrote (ids and hashtags never hold NUL: store.to_row)
+FREE_TEXT = ("image_url", "post_url", "text", "author_username", "model_name", "model_version")
+_ESCAPED = re.compile(r"\\(.)", re.DOTALL)
+_ROW_COLUMNS = (*COLUMNS, "nul_escaped")
 _JSON_COLUMNS = frozenset({"hashtags", "scores"})
 # One statement, so one round trip and atomic without a transaction block: the row, its
 # hashtags (kept, updated, added or removed to match the record) and the notification.
 # The hashtag rows touched by the DELETE and by the INSERT never overlap, as one
 # statement requires.
-_VALUES = ", ".join(f"%({c})s::jsonb" if c in _JSON_COLUMNS else f"%({c})s" for c in COLUMNS)
-_UPDATES = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS[2:])
+_VALUES = ", ".join(f"%({c})s::jsonb" if c in _JSON_COLUMNS else f"%({c})s" for c in _ROW_COLUMNS)
+_UPDATES = ", ".join(f"{c} = excluded.{c}" for c in _ROW_COLUMNS[2:])
 _UPSERT = f"""
 WITH stored AS (
-    INSERT INTO predictions ({", ".join(COLUMNS)}) VALUES ({_VALUES})
+    INSERT INTO predictions ({", ".join(_ROW_COLUMNS)}) VALUES ({_VALUES})
     ON CONFLICT (tweet_id, media_key) DO UPDATE SET {_UPDATES}
     RETURNING *
 ), tags AS (
@@ -142,26 +159,34 @@ class PostgresStore:
         await self._pool.close()
 
     async def upsert(self, prediction: Mapping[str, Any]) -> Prediction:
-        row = to_row(prediction, now_ms())
+        row = escape_nul(to_row(prediction, now_ms()))
         row["notify"] = json.dumps([row["tweet_id"], row["media_key"]])
         try:
             async with self._pool.connection() as conn:
-                stored = await (await conn.execute(_UPSERT, row)).fetchone()
-        except psycopg.OperationalError as exc:
+                try:
+                    stored = await (await conn.execute(_UPSERT, row)).fetchone()
+                except psycopg.errors.ReadOnlySqlTransaction:
+                    # The session is on a server that cannot write and will stay so: the pool
+                    # discards a closed connection and opens another.
+                    await conn.close()
+                    raise
+        except (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction) as exc:
             raise StoreUnavailable(f"postgresql: {exc}") from exc
+        except psycopg.DataError as exc:  # a value PostgreSQL refuses, whatever the server's state
+            raise RecordError("bad_record", f"postgresql: {exc}") from exc
         assert stored is not None
-        return to_prediction(stored)
+        return from_row(stored)
 
     async def get(self, tweet_id: str, media_key: str) -> Prediction | None:
         row = await self._fetchone(
             "SELECT * FROM predictions WHERE tweet_id = %s AND media_key = %s", (tweet_id, media_key)
         )
-        return to_prediction(row) if row else None
+        return from_row(row) if row else None
 
     async def recent(self, query: PredictionQuery) -> Page:
         text, params = sql.recent(query, sql.psycopg_param)
         rows = await self._fetchall(text, params)
-        return page_of([to_prediction(r) for r in rows], query.limit)
+        return page_of([from_row(r) for r in rows], query.limit)
 
     async def hashtag_counts(
         self, *, since_ms: int, until_ms: int | None, min_score: float = 0.0, limit: int = 100
@@ -170,10 +195,11 @@ class PostgresStore:
         return [HashtagCount(r["hashtag"], r["n"]) for r in await self._fetchall(text, params)]
 
     async def confident(self, threshold: float) -> AsyncIterator[DatasetRow]:
-        text, params = sql.confident(threshold, sql.psycopg_param)
+        text, params = sql.confident(threshold, sql.psycopg_param, extra_columns=("nul_escaped",))
         async with self._pool.connection() as conn:
             async for r in conn.cursor().stream(text, params):
-                yield DatasetRow(r["tweet_id"], r["media_key"], r["image_url"], r["hashtag"], r["score"])
+                image_url = unescape_text(r["image_url"]) if r["nul_escaped"] else r["image_url"]
+                yield DatasetRow(r["tweet_id"], r["media_key"], image_url, r["hashtag"], r["score"])
 
     async def count(self) -> int:
         row = await self._fetchone("SELECT count(*) AS n FROM predictions", ())
@@ -231,7 +257,28 @@ async def _stored(conn: psycopg.AsyncConnection[dict[str, Any]], keys: list[tupl
             ([k[0] for k in unique], [k[1] for k in unique]),
         )
     ).fetchall()
-    return [to_prediction(row) for row in rows]
+    return [from_row(row) for row in rows]
+
+
+def escape_nul(row: dict[str, Any]) -> dict[str, Any]:
+    """The row as PostgreSQL can hold it, `nul_escaped` saying whether its free text was escaped."""
+    escaped = any(isinstance(row[c], str) and "\x00" in row[c] for c in FREE_TEXT)
+    if not escaped:
+        return {**row, "nul_escaped": False}
+    texts = {c: row[c].replace("\\", "\\\\").replace("\x00", "\\0") for c in FREE_TEXT if isinstance(row[c], str)}
+    return {**row, **texts, "nul_escaped": True}
+
+
+def unescape_text(text: str) -> str:
+    return _ESCAPED.sub(lambda m: "\x00" if m[1] == "0" else m[1], text)
+
+
+def from_row(row: Mapping[str, Any]) -> Prediction:
+    """The API's view of a stored row, its free text as the record had it."""
+    fields = {k: v for k, v in row.items() if k != "nul_escaped"}
+    if row.get("nul_escaped"):
+        fields |= {c: unescape_text(fields[c]) for c in FREE_TEXT if isinstance(fields[c], str)}
+    return to_prediction(fields)
 
 
 async def migrate(conn: psycopg.AsyncConnection[dict[str, Any]]) -> int:

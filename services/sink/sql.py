@@ -80,9 +80,11 @@ def hashtag_counts(
     return sql, params
 
 
-def confident(threshold: float, param: Param) -> tuple[str, dict[str, Any]]:
+def confident(threshold: float, param: Param, extra_columns: tuple[str, ...] = ()) -> tuple[str, dict[str, Any]]:
+    """Confident (image, hashtag) pairs; `extra_columns` of `predictions` a backend needs besides."""
+    extra = "".join(f", p.{c}" for c in extra_columns)
     sql = (
-        "SELECT p.tweet_id, p.media_key, p.image_url, h.hashtag, h.score"  # noqa: S608 - values are parameters
+        f"SELECT p.tweet_id, p.media_key, p.image_url, h.hashtag, h.score{extra}"  # noqa: S608 - values are parameters
         " FROM prediction_hashtags h JOIN predictions p USING (tweet_id, media_key)"
         f" WHERE h.score >= {param('threshold')}"
         " ORDER BY h.hashtag ASC, h.score DESC, p.tweet_id ASC, p.media_key ASC"

@@ -12,11 +12,12 @@ import asyncio
 import base64
 import binascii
 import json
+import math
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from services.common.stream import RetryableError
+from services.common.errors import RecordError, RetryableError
 
 
 class StoreUnavailable(RetryableError):
@@ -39,6 +40,24 @@ COLUMNS = (
 _INTERNAL_COLUMNS = frozenset({"top_score"})
 
 
+# Both stores keep times as signed 64-bit integers.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Far more than a cursor of this API needs (a time and two ids), far less than would cost to parse.
+MAX_CURSOR_LENGTH = 4096
+
+
+def storable_text(text: str) -> bool:
+    """Whether both stores can hold and compare `text`: PostgreSQL text has no NUL, and a lone
+    surrogate is not UTF-8 at all."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class Cursor:
     """Where a page ended: the sort key of its last item."""
@@ -53,16 +72,20 @@ class Cursor:
 
     @classmethod
     def decode(cls, text: str) -> Cursor:
+        """The cursor `encode` wrote; ValueError for anything else, including what no store could hold."""
+        if len(text) > MAX_CURSOR_LENGTH:
+            raise ValueError("cursor is not one this API returned")
         try:
             raw = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-        except (ValueError, binascii.Error) as exc:
+        except (ValueError, binascii.Error, RecursionError) as exc:  # RecursionError: deeply nested JSON
             raise ValueError("cursor is not one this API returned") from exc
         if (
             not isinstance(raw, list)
             or len(raw) != 3
             or not isinstance(raw[0], int)
             or isinstance(raw[0], bool)
-            or not all(isinstance(part, str) for part in raw[1:])
+            or not INT64_MIN <= raw[0] <= INT64_MAX
+            or not all(isinstance(part, str) and storable_text(part) for part in raw[1:])
         ):
             raise ValueError("cursor is not one this API returned")
         return cls(raw[0], raw[1], raw[2])
@@ -152,7 +175,13 @@ class Store(Protocol):
 
 
 def to_row(prediction: Mapping[str, Any], stored_ts_ms: int) -> dict[str, Any]:
-    """The `predictions` row of a record; hashtags and scores as JSON text."""
+    """The `predictions` row of a record; hashtags and scores as JSON text.
+
+    Raises RecordError for a record no store can keep: an id or hashtag that could never be
+    looked up (NUL, which PostgreSQL text cannot hold), a score that cannot be ranked (NaN,
+    infinite; JSON has no such numbers either).
+    """
+    check_storable(prediction)
     hashtags = distinct_hashtags(prediction["hashtags"])
     row = {name: prediction.get(name) for name in COLUMNS}
     row["hashtags"] = json.dumps(hashtags)
@@ -160,6 +189,19 @@ def to_row(prediction: Mapping[str, Any], stored_ts_ms: int) -> dict[str, Any]:
     row["top_score"] = max((h["score"] for h in hashtags), default=0.0)
     row["stored_ts_ms"] = stored_ts_ms
     return row
+
+
+def check_storable(prediction: Mapping[str, Any]) -> None:
+    for name in ("tweet_id", "media_key"):
+        if not storable_text(prediction[name]):
+            raise RecordError("bad_record", f"{name} holds a NUL character or a lone surrogate")
+    labelled = [("hashtags", h["hashtag"], h["score"]) for h in prediction["hashtags"]]
+    labelled += [("scores", label, score) for label, score in prediction["scores"].items()]
+    for field, label, score in labelled:
+        if not storable_text(label):
+            raise RecordError("bad_record", f"{field}: {label!r} holds a NUL character or a lone surrogate")
+        if not math.isfinite(score):
+            raise RecordError("bad_record", f"{field}: the score of {label!r} is {score}")
 
 
 def distinct_hashtags(hashtags: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:

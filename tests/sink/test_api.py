@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -13,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yarl
 from aiohttp.test_utils import TestServer
 from openapi_spec_validator import validate as validate_spec
 
@@ -66,6 +68,15 @@ async def serving(store: Store, max_streams: int = 10) -> AsyncIterator[Api]:
 async def api(store: Store) -> AsyncIterator[Api]:
     async with serving(store) as running:
         yield running
+
+
+def encoded_cursor(raw: str) -> str:
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def cursor_of(classify_ts_ms: int, tweet_id: str, media_key: str) -> str:
+    """A cursor as the API encodes it; the ids are JSON string bodies, so escapes such as a lone surrogate pass."""
+    return encoded_cursor(f'[{classify_ts_ms},"{tweet_id}","{media_key}"]')
 
 
 def test_the_openapi_document_is_valid() -> None:
@@ -151,6 +162,21 @@ async def test_hashtag_counts_default_to_the_last_day(api: Api) -> None:
         ("/api/hashtags", {"since_ms": "5", "until_ms": "5"}, "since_ms"),
         ("/api/hashtags", {"limit": "0"}, "limit"),
         ("/api/events", {"min_score": "-0.1"}, "min_score"),
+        # Past what the stores hold (signed 64-bit integers, text without NUL or lone surrogates).
+        ("/api/predictions", {"since_ms": str(2**63)}, "since_ms"),
+        ("/api/predictions", {"until_ms": "9" * 30}, "until_ms"),
+        ("/api/predictions", {"since_ms": "1" * 5000}, "since_ms"),
+        ("/api/predictions", {"cursor": cursor_of(2**63, "1", "3_1")}, "cursor"),
+        ("/api/predictions", {"cursor": cursor_of(-(2**63) - 1, "1", "3_1")}, "cursor"),
+        ("/api/predictions", {"cursor": cursor_of(1, "\\ud800", "3_1")}, "cursor"),
+        ("/api/predictions", {"cursor": cursor_of(1, "1", "3\\u0000")}, "cursor"),
+        ("/api/predictions", {"cursor": encoded_cursor("[" * 2000)}, "cursor"),
+        ("/api/predictions", {"hashtag": "cats\x00"}, "hashtag"),
+        ("/api/predictions", {"limit": "1_0"}, "limit"),
+        ("/api/predictions", {"limit": "\u0663"}, "limit"),  # an Arabic-Indic digit, which int() takes
+        ("/api/hashtags", {"since_ms": str(2**63)}, "since_ms"),
+        ("/api/hashtags", {"until_ms": str(2**63)}, "until_ms"),
+        ("/api/events", {"hashtag": "\x00"}, "hashtag"),
     ],
 )
 async def test_bad_parameters_are_refused_with_the_reason(
@@ -159,6 +185,23 @@ async def test_bad_parameters_are_refused_with_the_reason(
     status, body = await api.get(path, **params)
     assert status == 400
     assert reason in body["error"]
+
+
+@pytest.mark.parametrize(("tweet_id", "media_key"), [("%00", "3_1"), ("1", "3_1%00")])
+async def test_a_nul_in_a_path_parameter_is_refused_with_the_reason(api: Api, tweet_id: str, media_key: str) -> None:
+    template = "/api/predictions/{tweet_id}/{media_key}"
+    url = yarl.URL(f"{api.base}/api/predictions/{tweet_id}/{media_key}", encoded=True)
+    async with api.session.get(url) as response:
+        body = await response.json()
+        validate(template, response.status, response.content_type, body)
+    assert response.status == 400
+    assert "NUL" in body["error"]
+
+
+async def test_a_time_window_ending_near_the_epoch_starts_at_it(api: Api) -> None:
+    status, body = await api.get("/api/hashtags", until_ms="5")
+    assert status == 200
+    assert (body["since_ms"], body["until_ms"]) == (0, 5)
 
 
 async def read_event(response: aiohttp.ClientResponse) -> tuple[str, str]:

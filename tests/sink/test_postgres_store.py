@@ -10,6 +10,7 @@ import pytest
 from services.sink.postgres_store import MIGRATIONS, PostgresStore
 from services.sink.store import Prediction, PredictionQuery, StoreUnavailable
 
+from .postgres import fresh_database
 from .records import prediction
 
 pytestmark = pytest.mark.integration
@@ -93,3 +94,69 @@ async def test_the_live_feed_reconnects_after_losing_its_connection(postgres_sch
         watcher.cancel()
         await writer.close()
         await reader.close()
+
+
+async def test_a_write_refused_by_a_read_only_server_is_retried_on_a_new_connection(postgres_url: str) -> None:
+    """A failover: the sink's server turns read-only (a demoted primary, a standby), then a
+    writable server answers the URL again."""
+    with fresh_database(postgres_url) as url:
+        name = url.rsplit("/", 1)[1]
+        store = await PostgresStore.open(f"{url}?application_name=sink-failover-test", pool_size=1)
+        try:
+            await store.upsert(prediction("1"))
+            with psycopg.connect(postgres_url, autocommit=True) as admin:
+                admin.execute(f"ALTER DATABASE {name} SET default_transaction_read_only = on")
+                # Sessions take the setting when they start: the failover drops the old ones.
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                    ("sink-failover-test",),
+                )
+            causes = []
+            for _ in range(20):
+                with pytest.raises(StoreUnavailable) as refused:
+                    await store.upsert(prediction("2"))
+                causes.append(type(refused.value.__cause__))
+                if causes[-1] is psycopg.errors.ReadOnlySqlTransaction:
+                    break
+            assert causes[-1] is psycopg.errors.ReadOnlySqlTransaction, causes
+            with psycopg.connect(postgres_url, autocommit=True) as admin:
+                admin.execute(f"ALTER DATABASE {name} RESET default_transaction_read_only")
+            # The read-only session was dropped: the next connection can write.
+            await store.upsert(prediction("2"))
+            assert await store.count() == 2
+        finally:
+            await store.close()
+
+
+async def test_free_text_is_stored_as_it_came_unless_it_holds_a_nul(postgres_schema_url: str) -> None:
+    store = await PostgresStore.open(postgres_schema_url, pool_size=1)
+    try:
+        await store.upsert(prediction("1", text="a \\0 b", author_username="x"))
+        await store.upsert(prediction("2", text="a \\0 b\x00", author_username="x"))
+    finally:
+        await store.close()
+    with psycopg.connect(postgres_schema_url) as conn:
+        rows = conn.execute(
+            "SELECT tweet_id, text, author_username, nul_escaped FROM predictions ORDER BY 1"
+        ).fetchall()
+    assert rows == [("1", "a \\0 b", "x", False), ("2", "a \\\\0 b\\0", "x", True)]
+
+
+async def test_a_version_one_database_is_migrated_with_its_rows(postgres_schema_url: str) -> None:
+    with psycopg.connect(postgres_schema_url, autocommit=True) as conn:
+        conn.execute(MIGRATIONS[0])
+        conn.execute("CREATE TABLE tagstream_schema (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO tagstream_schema VALUES (1)")
+        conn.execute(
+            "INSERT INTO predictions VALUES"
+            " ('7', '3_7', 'u', 'p', 'a \\0 b', NULL, 1, '[]', '{}', 0, 'm', '1', 1, 2, 3, 4)"
+        )
+    store = await PostgresStore.open(postgres_schema_url, pool_size=1)
+    try:
+        item = await store.get("7", "3_7")
+        assert item is not None
+        assert item["text"] == "a \\0 b"
+        with psycopg.connect(postgres_schema_url) as conn:
+            assert conn.execute("SELECT version FROM tagstream_schema").fetchall() == [(len(MIGRATIONS),)]
+    finally:
+        await store.close()

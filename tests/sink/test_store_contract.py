@@ -6,6 +6,9 @@ import asyncio
 import itertools
 from typing import Any
 
+import pytest
+
+from services.common.errors import RecordError
 from services.sink.store import Cursor, HashtagCount, Prediction, PredictionQuery, Store, matches
 
 from .records import prediction
@@ -159,3 +162,57 @@ async def test_a_hashtag_named_twice_is_kept_once_at_its_best_score(store: Store
     assert stored["hashtags"] == [{"hashtag": "cats", "score": 0.9}, {"hashtag": "dogs", "score": 0.7}]
     assert await store.hashtag_counts(since_ms=0, until_ms=None) == [HashtagCount("cats", 1), HashtagCount("dogs", 1)]
     assert keys((await store.recent(PredictionQuery(hashtag="cats", min_score=0.85))).items) == [("1", "3_1")]
+
+
+HOSTILE_TEXT = "a\x00b \\0 \\\\0 \\ \x00\x00 end\x00"
+
+
+async def test_a_nul_in_free_text_is_stored_and_served_as_it_came(store: Store) -> None:
+    record = prediction(
+        "1",
+        text=HOSTILE_TEXT,
+        author_username="al\x00ice\\",
+        post_url="https://x.com/al\x00ice/status/1",
+        image_url="https://pbs.example/\x00.jpg",
+        model_name="resnet\x0050",
+    )
+    seen: asyncio.Queue[Prediction] = asyncio.Queue()
+    listening = asyncio.Event()
+    watcher = asyncio.create_task(store.watch(seen.put_nowait, listening))
+    try:
+        await asyncio.wait_for(listening.wait(), timeout=10)
+        stored = await store.upsert(record)
+        plain = await store.upsert(prediction("2", text="no nul, but \\0 and \\\\", author_username="b\\0b"))
+        streamed = [await asyncio.wait_for(seen.get(), timeout=10) for _ in range(2)]
+    finally:
+        watcher.cancel()
+    for field in ("text", "author_username", "post_url", "image_url", "model_name"):
+        assert stored[field] == record[field], field
+    assert plain["text"] == "no nul, but \\0 and \\\\"
+    assert plain["author_username"] == "b\\0b"
+    assert await store.get("1", "3_1") == stored
+    assert await store.get("2", "3_1") == plain
+    assert (await store.recent(PredictionQuery())).items == [plain, stored]
+    assert streamed == [stored, plain]
+    assert [r.image_url async for r in store.confident(0.5)] == [record["image_url"], "https://pbs.example/2_3_1.jpg"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "what"),
+    [
+        ({"media_key": "3_\x001"}, "media_key"),
+        ({"tweet_id": "1\x00"}, "tweet_id"),
+        ({"hashtags": [{"hashtag": "ca\x00ts", "score": 0.9}]}, "hashtags"),
+        ({"scores": {"ca\x00ts": 0.9}}, "scores"),
+        ({"hashtags": [{"hashtag": "cats", "score": float("nan")}]}, "nan"),
+        ({"scores": {"cats": float("inf")}}, "inf"),
+    ],
+)
+async def test_a_record_no_store_can_key_or_rank_is_refused_with_the_reason(
+    store: Store, overrides: dict[str, Any], what: str
+) -> None:
+    with pytest.raises(RecordError) as refused:
+        await store.upsert(prediction("1") | overrides)
+    assert refused.value.reason == "bad_record"
+    assert what in refused.value.detail
+    assert await store.count() == 0
