@@ -36,3 +36,8 @@ DECODE_QUEUE_SECONDS = Histogram(
     "Wait of a downloaded image for a free decode worker.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5),
 )
+RENDITIONS = Counter(
+    "tagstream_fetch_renditions_total",
+    "Images asked for as a named rendition: served, or fell_back to the URL as given after a 4xx.",
+    ["outcome"],
+)

@@ -37,6 +37,7 @@ from . import metrics
 from .cache import ResultCache
 from .fetch import Fetcher, FetchError, is_transient
 from .imaging import ImageError, ModelInput, memory_needed, to_model_input
+from .renditions import Rendition, RenditionPlanner, worth_the_url_as_given
 from .settings import FetcherSettings
 
 
@@ -53,6 +54,9 @@ class ImagePipeline:
             on_lookup=lambda how: metrics.CACHE_LOOKUPS.labels(how.value).inc(),
         )
         metrics.CACHE_BYTES.set_function(lambda: self.cache.bytes)
+        self.renditions = RenditionPlanner(
+            settings.rendition_hosts, settings.image_size, undocumented=settings.undocumented_renditions
+        )
 
     async def handle(self, tweet: dict[str, Any]) -> list[Output | DeadLetter]:
         return list(await asyncio.gather(*(self._one(tweet, media) for media in tweet["media"])))
@@ -61,10 +65,31 @@ class ImagePipeline:
         """The decoded image at `url`, from the cache, a download under way, or a new one."""
         return await self.cache.get_or_load(url, lambda: self._download_and_decode(url))
 
+    async def media_input(self, media: dict[str, Any]) -> ModelInput:
+        """The decoded image of a post's media item: its smallest sufficient rendition when its
+        host serves them, else (or when the host has no such rendition) its URL as given. The
+        cache keys on the URL actually fetched; the record keeps the post's own URL."""
+        url = media["url"]
+        rendition = self.renditions.choose(url, media.get("width"), media.get("height"))
+        if rendition is None:
+            return await self.model_input(url)
+        return await self._rendition_or_as_given(url, rendition)
+
+    async def _rendition_or_as_given(self, url: str, rendition: Rendition) -> ModelInput:
+        try:
+            image = await self.model_input(rendition.url)
+        except FetchError as exc:
+            if not worth_the_url_as_given(exc.reason):
+                raise
+            metrics.RENDITIONS.labels("fell_back").inc()
+            return await self.model_input(url)
+        metrics.RENDITIONS.labels("served").inc()
+        return image
+
     async def _one(self, tweet: dict[str, Any], media: dict[str, Any]) -> Output | DeadLetter:
         url = media["url"]
         try:
-            image = await self.model_input(url)
+            image = await self.media_input(media)
         except RecordError as exc:
             metrics.FETCHES.labels("refused", exc.reason).inc()
             return DeadLetter(exc.reason, exc.detail, (("media_key", media["media_key"]), ("url", url)))

@@ -61,6 +61,11 @@ class FetcherSettings(StreamSettings):
     image_encoding: Literal["jpeg", "raw"] = "jpeg"
     decode_workers: int = Field(default_factory=available_cpus, ge=1)
     user_agent: str = "tagstream-fetcher/0.1"
+    #: hosts serving X's named renditions (services/fetcher/renditions.py): their photos are asked
+    #: for at the smallest size that covers `image_size`; empty fetches every URL as given
+    rendition_hosts: list[str] = Field(default_factory=lambda: ["pbs.twimg.com"])
+    #: also ask for X's undocumented 360x360 and 900x900 renditions
+    undocumented_renditions: bool = False
 
     @model_validator(mode="after")
     def _budget_fits_one_body(self) -> FetcherSettings:

@@ -16,6 +16,7 @@ import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Protocol
 
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -183,8 +184,12 @@ class ImageHost:
         return web.Response(body=self.files[request.match_info["name"]], content_type="image/png")
 
 
+class ServesAnApp(Protocol):
+    app: web.Application
+
+
 @asynccontextmanager
-async def serving(host: ImageHost, address: str = ALLOWED_HOST) -> AsyncIterator[TestServer]:
+async def serving(host: ServesAnApp, address: str = ALLOWED_HOST) -> AsyncIterator[TestServer]:
     server = TestServer(host.app, host=address)
     await server.start_server()
     try:
