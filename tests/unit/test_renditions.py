@@ -65,9 +65,7 @@ def test_the_smallest_documented_rendition_that_covers_the_input(
         (None, None, "small"),
     ],
 )
-def test_undocumented_sizes_only_when_enabled(
-    width: int | None, height: int | None, expected: str
-) -> None:
+def test_undocumented_sizes_only_when_enabled(width: int | None, height: int | None, expected: str) -> None:
     assert smallest_covering(BOTH, width, height, 224) == expected
 
 
