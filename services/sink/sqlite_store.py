@@ -4,6 +4,11 @@ Writes run on the event loop: each is one short transaction on a local file. Rea
 in a worker thread on a read-only connection, since a count over a long window or an
 export can take a while. Live updates (`watch`) see this process's writes, which are all
 the writes to its file.
+
+Every commit is synced to disk (synchronous=FULL): the sink commits its Kafka offsets
+once the row is committed, so a commit that a power loss could take back (NORMAL syncs
+the WAL only at checkpoints) would lose a record for good. bench/bench_sink.py measures
+what FULL costs.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import json
 import sqlite3
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from services.common.timeutil import now_ms
 
@@ -94,13 +99,14 @@ _UPSERT = (
 class SqliteStore:
     backend = "sqlite"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, synchronous: Literal["FULL", "NORMAL"] = "FULL") -> None:
+        """`synchronous="NORMAL"` only to measure what FULL costs: it can lose committed rows."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self._path = path
         self._db = sqlite3.connect(path, isolation_level=None)
         self._db.row_factory = _dict_row
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.execute("PRAGMA foreign_keys=ON")
         migrate(self._db)
         # Reads run in a worker thread on a connection of their own (WAL lets it read while

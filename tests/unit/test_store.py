@@ -98,3 +98,13 @@ def test_matches_needs_the_hashtag_and_the_score_on_the_same_suggestion() -> Non
     assert not matches(item, "horse", 0.0)
     assert matches(prediction(tags=()), None, 0.0)
     assert not matches(prediction(tags=()), None, 0.1)
+
+
+def test_a_commit_is_on_disk_before_the_sink_commits_its_offsets(tmp_path: Path) -> None:
+    """The sink commits its offsets once the store has committed the row. In WAL mode,
+    synchronous=NORMAL syncs the log only at checkpoints, so a power loss could take back rows
+    whose offsets Kafka already holds; FULL syncs it at every commit."""
+    store = SqliteStore(tmp_path / "p.db")
+    writer = store._db
+    assert writer.execute("PRAGMA journal_mode").fetchone()["journal_mode"] == "wal"
+    assert writer.execute("PRAGMA synchronous").fetchone()["synchronous"] == 2  # FULL
