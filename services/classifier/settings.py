@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -21,6 +22,7 @@ class ClassifierSettings(StreamSettings):
     input_topic: str = STAGE.input or ""
     output_topic: str = STAGE.output or ""
     group_id: str = STAGE.group or ""
+    processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
     #: records between consuming and producing; they wait here after the shedding decision, so
     #: keep it near 2 x max_batch_size x max_requests_in_flight
     max_in_flight: int = 64

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from confluent_kafka.aio import AIOConsumer
 
@@ -128,6 +128,36 @@ class AsyncProducer:
         await asyncio.to_thread(self._poller.join)
 
 
+class TransactionalProducer(AsyncProducer):
+    """An `AsyncProducer` with a `transactional.id`: librdkafka's blocking transaction calls
+    run on a worker thread, so the event loop goes on meanwhile.
+
+    `init_transactions` fences any earlier producer with the same id: its open transaction
+    is aborted at once, so read_committed readers are not held up until it times out.
+    """
+
+    def __init__(self, config: dict[str, Any], on_fatal: OnFatal | None = None, timeout_s: float = 30.0) -> None:
+        super().__init__(config, on_fatal)
+        self.timeout_s = timeout_s
+
+    async def init_transactions(self) -> None:
+        await asyncio.to_thread(self._producer.init_transactions, self.timeout_s)
+
+    async def begin_transaction(self) -> None:
+        await asyncio.to_thread(self._producer.begin_transaction)
+
+    async def send_offsets_to_transaction(self, offsets: list[TopicPartition], group_metadata: Any) -> None:
+        await asyncio.to_thread(self._producer.send_offsets_to_transaction, offsets, group_metadata, self.timeout_s)
+
+    async def commit_transaction(self) -> None:
+        await asyncio.to_thread(self._producer.commit_transaction, self.timeout_s)
+        self._hand_over()
+
+    async def abort_transaction(self) -> None:
+        await asyncio.to_thread(self._producer.abort_transaction, self.timeout_s)
+        self._hand_over()
+
+
 _Report = tuple["asyncio.Future[Message]", "KafkaError | None", Message]
 
 
@@ -174,17 +204,27 @@ def consumer_config(
     kafka: KafkaSettings,
     group_id: str,
     client_id: str,
+    *,
+    exactly_once: bool = False,
+    instance_id: str | None = None,
+    session_timeout_s: float = 45.0,
     **overrides: Any,
 ) -> dict[str, Any]:
+    """A group member's settings. Under exactly-once the offsets go with the transactions;
+    otherwise the stream loop stores an offset once the record's outputs are delivered and
+    librdkafka commits the stored offsets in the background and on rebalance. With
+    `instance_id` the member is static (KIP-345): a restarted one gets its partitions back at
+    once, without a rebalance."""
     config = kafka.client_config() | {
         "group.id": group_id,
         "client.id": client_id,
         "auto.offset.reset": "earliest",
-        # Offsets are stored by the stream loop only once a record's outputs are delivered;
-        # librdkafka then commits the stored offsets in the background and on rebalance.
-        "enable.auto.commit": True,
+        # Records of transactions that were aborted, or are still open, are never seen.
+        "isolation.level": "read_committed",
+        "enable.auto.commit": not exactly_once,
         "enable.auto.offset.store": False,
         "auto.commit.interval.ms": int(AUTO_COMMIT_INTERVAL_S * 1000),
+        "session.timeout.ms": int(session_timeout_s * 1000),
         # One fetch round trip brings at most this much per partition; librdkafka's 1 MB default
         # is a handful of raw-pixel `images` records (150 KB each), which made the round trip,
         # not the work, the classifier's limit.
@@ -195,7 +235,18 @@ def consumer_config(
         "fetch.queue.backoff.ms": 20,
         "partition.assignment.strategy": "cooperative-sticky",
     }
+    if instance_id:
+        config["group.instance.id"] = instance_id
     return config | overrides
+
+
+def transactional_config(kafka: KafkaSettings, client_id: str, transactional_id: str) -> dict[str, Any]:
+    """An idempotent producer with a transactional id. A transaction left open by a process
+    that died is aborted when its successor (same id) starts, or after this timeout."""
+    return producer_config(kafka, client_id) | {
+        "transactional.id": transactional_id,
+        "transaction.timeout.ms": int(max(60.0, 2 * kafka.delivery_timeout_s) * 1000),
+    }
 
 
 def new_consumer(config: dict[str, Any], on_fatal: OnFatal | None = None) -> AIOConsumer:

@@ -20,6 +20,17 @@ DELIVERY_RETRIES = Counter(
     "Records written again after the broker did not take them within the delivery timeout.",
     ["stage"],
 )
+TRANSACTIONS = Counter(
+    "tagstream_transactions_total",
+    "Kafka transactions ended, by outcome: committed, or aborted (its records are processed again).",
+    ["stage", "outcome"],
+)
+TRANSACTION_SECONDS = Histogram(
+    "tagstream_transaction_commit_seconds",
+    "Time to commit one transaction: its offsets sent, its records flushed, its end acknowledged.",
+    ["stage"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 DEAD_LETTERS = Counter("tagstream_dead_letters_total", "Records sent to a dead-letter topic.", ["stage", "reason"])
 PROCESSING_SECONDS = Histogram(
     "tagstream_processing_seconds",

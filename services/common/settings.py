@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import socket
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -54,6 +55,19 @@ class StreamSettings(ServiceSettings):
     input_topic: str
     group_id: str
     output_topic: str = ""
+    #: exactly_once: read, process and write inside Kafka transactions (services/common/commits.py);
+    #: at_least_once: write the outputs, then commit the offsets
+    processing_guarantee: Literal["exactly_once", "at_least_once"] = "at_least_once"
+    #: how often offsets are committed; under exactly_once, how long a transaction stays open
+    commit_interval_s: float = Field(default=0.1, gt=0)
+    #: this replica's stable name (a StatefulSet pod's name in Kubernetes): its static group
+    #: membership and, under exactly_once, its transactional id; unique among a stage's replicas
+    instance_id: str = Field(default_factory=socket.gethostname, min_length=1)
+    #: static group membership (`group.instance.id`): a restarted replica takes its partitions
+    #: back at once instead of waiting for its predecessor's session to expire
+    static_membership: bool = True
+    #: how long the group waits for a silent member before giving its partitions to others
+    session_timeout_s: float = Field(default=45.0, ge=6, le=300)
     max_in_flight: int = 64
     consume_batch_size: int = 64
     #: dead letters go to `<input topic><dlq_suffix>`
@@ -72,6 +86,15 @@ class StreamSettings(ServiceSettings):
     #: write each shed record, with why, to `<input topic><shed_suffix>`
     shed_audit: bool = True
     shed_suffix: str = SHED_SUFFIX
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.processing_guarantee == "exactly_once"
+
+    @property
+    def transactional_id(self) -> str:
+        """Stable per replica, so a restarted one fences its predecessor at once."""
+        return f"tagstream-{self.group_id}-{self.instance_id}"
 
     @property
     def dlq_topic(self) -> str:

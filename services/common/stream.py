@@ -22,9 +22,16 @@ from confluent_kafka import Message, TopicPartition
 from . import metrics
 from .admission import Admission, Reading
 from .avro import Codec
-from .commits import AtLeastOnce, Commits
+from .commits import AtLeastOnce, Commits, ExactlyOnce
 from .deadletters import Source
-from .kafka import AsyncProducer, consumer_config, new_consumer, producer_config
+from .kafka import (
+    AsyncProducer,
+    TransactionalProducer,
+    consumer_config,
+    new_consumer,
+    producer_config,
+    transactional_config,
+)
 from .positions import Ticket
 from .process import Handler, Processor
 from .runtime import Runtime
@@ -52,7 +59,9 @@ class StreamLoop:
         await consumer.subscribe(
             [self.settings.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
+        await self.commits.start()
         watching = asyncio.create_task(self.admission.run(stop))
+        poll_s = min(0.5, self.settings.commit_interval_s)
         try:
             while not stop.is_set():
                 await self.commits.checkpoint(consumer)
@@ -60,14 +69,14 @@ class StreamLoop:
                     await self._wait_for_room(stop)
                     continue
                 room = min(limit - len(self._tasks), self.settings.consume_batch_size)
-                messages = [m for m in await consumer.consume(num_messages=room, timeout=0.5) if _usable(m)]
+                messages = [m for m in await consumer.consume(num_messages=room, timeout=poll_s) if _usable(m)]
                 self.admission.observe(await self._readings(messages))
                 for message in messages:
                     self._start(message)
         finally:
             watching.cancel()
             await self._drain(wait_s=30.0)
-            await self.commits.checkpoint(consumer)
+            await self.commits.checkpoint(consumer, final=True)
             await consumer.close()
 
     async def _drain(self, wait_s: float) -> None:
@@ -146,8 +155,8 @@ class StreamLoop:
         self.admission.forget((p.topic, p.partition) for p in partitions)
         log.info("partitions revoked", extra={"fields": {"partitions": [p.partition for p in partitions]}})
 
-    async def _on_lost(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
-        self.commits.lost([(p.topic, p.partition) for p in partitions])
+    async def _on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        await self.commits.lost(consumer, [(p.topic, p.partition) for p in partitions])
         self.admission.forget((p.topic, p.partition) for p in partitions)
         log.warning("partitions lost", extra={"fields": {"partitions": [p.partition for p in partitions]}})
 
@@ -162,12 +171,29 @@ def _usable(message: Message) -> bool:
 async def run_stream(rt: Runtime, settings: StreamSettings, codec: Codec, handle: Handler) -> None:
     """Run the stage's loop, with its own Kafka clients, until `rt.stop` is set."""
     client_id = f"tagstream-{rt.stage}"
-    producer = AsyncProducer(producer_config(settings.kafka, client_id), on_fatal=rt.fail)
-    consumer = new_consumer(consumer_config(settings.kafka, settings.group_id, client_id), on_fatal=rt.fail)
+    commits: Commits
+    if settings.exactly_once:
+        config = transactional_config(settings.kafka, client_id, settings.transactional_id)
+        transactional = TransactionalProducer(config, on_fatal=rt.fail)
+        producer: AsyncProducer = transactional
+        commits = ExactlyOnce(transactional, rt.stage, rt.fail, settings.commit_interval_s)
+    else:
+        producer = AsyncProducer(producer_config(settings.kafka, client_id), on_fatal=rt.fail)
+        commits = AtLeastOnce(producer, rt.stage)
+    member = consumer_config(
+        settings.kafka,
+        settings.group_id,
+        client_id,
+        exactly_once=settings.exactly_once,
+        instance_id=settings.instance_id if settings.static_membership else None,
+        session_timeout_s=settings.session_timeout_s,
+    )
+    consumer = new_consumer(member, on_fatal=rt.fail)
     processor = Processor(rt.stage, settings, codec, handle, Admission.for_stage(rt.stage, settings))
-    loop = StreamLoop(processor, consumer, AtLeastOnce(producer, rt.stage))
+    loop = StreamLoop(processor, consumer, commits)
     rt.health.add_check(loop.readiness)
-    log.info("consuming", extra={"fields": {"topic": settings.input_topic, "group": settings.group_id}})
+    fields = {"topic": settings.input_topic, "group": settings.group_id, "guarantee": settings.processing_guarantee}
+    log.info("consuming", extra={"fields": fields})
     try:
         await loop.run(rt.stop)
     finally:

@@ -21,6 +21,7 @@ class FetcherSettings(StreamSettings):
     input_topic: str = STAGE.input or ""
     output_topic: str = STAGE.output or ""
     group_id: str = STAGE.group or ""
+    processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
     downstream_group: str = downstream_group(STAGE.name) or ""
     max_in_flight: int = 128
     #: lift the refusal of loopback, private and link-local targets; for the local stack only

@@ -85,12 +85,13 @@ class FakeConsumer:
 
     def __init__(self, broker: FakeBroker, partitions: Iterable[TP]) -> None:
         self.broker = broker
-        self.committed: dict[TP, int] = {}
+        self.committed_offsets: dict[TP, int] = {}
         self.stored: dict[TP, int] = {}
         self.positions: dict[TP, int] = {}
         self.paused: set[TP] = set()
         self.pause_calls = 0
         self.resume_calls = 0
+        self.seeks: list[tuple[TP, int]] = []
         self.closed = False
         self._events: list[tuple[str, list[TP]]] = [("assign", list(partitions))]
         self._callbacks: dict[str, Callback] = {}
@@ -135,8 +136,22 @@ class FakeConsumer:
             self.stored[tp] = p.offset
 
     async def close(self) -> None:
-        self.committed.update(self.stored)
+        self.committed_offsets.update(self.stored)
         self.closed = True
+
+    async def consumer_group_metadata(self) -> FakeConsumer:
+        return self  # what a transaction commits offsets for
+
+    async def committed(self, partitions: list[TopicPartition], timeout: float = -1) -> list[TopicPartition]:  # noqa: ASYNC109
+        return [
+            TopicPartition(p.topic, p.partition, self.committed_offsets.get((p.topic, p.partition), -1001))
+            for p in partitions
+        ]
+
+    async def seek(self, partition: TopicPartition) -> None:
+        tp = (partition.topic, partition.partition)
+        self.positions[tp] = max(partition.offset, 0)  # OFFSET_BEGINNING (-2) is the start
+        self.seeks.append((tp, partition.offset))
 
     # --- what a test does -----------------------------------------------------------------
     def revoke(self, partitions: Iterable[TP]) -> None:
@@ -150,7 +165,7 @@ class FakeConsumer:
 
     def commit_stored(self) -> None:
         """What librdkafka's auto-commit does every interval."""
-        self.committed.update(self.stored)
+        self.committed_offsets.update(self.stored)
 
     async def _rebalance(self) -> None:
         while self._events:
@@ -158,12 +173,12 @@ class FakeConsumer:
             partitions = [TopicPartition(t, p) for t, p in tps]
             if kind == "assign":
                 for tp in tps:
-                    self.positions[tp] = self.committed.get(tp, 0)
+                    self.positions[tp] = self.committed_offsets.get(tp, 0)
                 await self._call("on_assign", partitions)
                 continue
             await self._call("on_revoke" if kind == "revoke" else "on_lost", partitions)
             if kind == "revoke":  # the commit a revocation makes
-                self.committed.update({tp: o for tp, o in self.stored.items() if tp in tps})
+                self.committed_offsets.update({tp: o for tp, o in self.stored.items() if tp in tps})
             for tp in tps:
                 self.positions.pop(tp, None)
                 self.stored.pop(tp, None)
@@ -193,3 +208,67 @@ class FakeProducer:
         else:
             future.set_result(self.broker.append(record.topic, record.value, key=record.key, headers=record.headers))
         return future
+
+
+@dataclass
+class Transaction:
+    records: list[Outgoing] = field(default_factory=list)
+    offsets: dict[TP, int] = field(default_factory=dict)
+    outcome: str = "open"
+
+
+class FakeTransactionalProducer(FakeProducer):
+    """Records go to the broker only when their transaction commits, with its offsets, as a
+    read_committed reader sees them; `commit_errors` are raised by the next commits, in order."""
+
+    def __init__(self, broker: FakeBroker, commit_errors: list[KafkaError] | None = None) -> None:
+        super().__init__(broker)
+        self.commit_errors = commit_errors or []
+        self.transactions: list[Transaction] = []
+        self.initialised = False
+
+    @property
+    def current(self) -> Transaction:
+        assert self.transactions, "no transaction begun"
+        assert self.transactions[-1].outcome == "open", "no transaction open"
+        return self.transactions[-1]
+
+    async def init_transactions(self) -> None:
+        self.initialised = True
+
+    async def begin_transaction(self) -> None:
+        assert self.initialised
+        assert not self.transactions or self.transactions[-1].outcome != "open", "a transaction is already open"
+        self.transactions.append(Transaction())
+
+    def send(self, record: Outgoing) -> asyncio.Future[Any]:
+        self.attempts.append(record)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        pending = self.failures.get(record.topic)
+        if pending:
+            future.set_exception(DeliveryError(KafkaError(pending.pop(0))))
+            return future
+        self.current.records.append(record)
+        future.set_result(None)
+        return future
+
+    async def send_offsets_to_transaction(self, offsets: list[TopicPartition], group_metadata: Any) -> None:
+        self.current.offsets.update({(p.topic, p.partition): p.offset for p in offsets})
+        self._consumer = group_metadata
+
+    async def commit_transaction(self) -> None:
+        await asyncio.sleep(0)
+        transaction = self.current
+        if self.commit_errors:
+            error = self.commit_errors.pop(0)
+            if error.txn_requires_abort():
+                transaction.outcome = "failed"
+            raise KafkaException(error)
+        transaction.outcome = "committed"
+        for record in transaction.records:
+            self.broker.append(record.topic, record.value, key=record.key, headers=record.headers)
+        if transaction.offsets:
+            self._consumer.committed_offsets.update(transaction.offsets)
+
+    async def abort_transaction(self) -> None:
+        self.transactions[-1].outcome = "aborted"

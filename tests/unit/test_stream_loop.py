@@ -15,7 +15,7 @@ from confluent_kafka import KafkaError
 from services.common import metrics
 from services.common.admission import Admission
 from services.common.avro import TWEETS, Codec, Record
-from services.common.commits import AtLeastOnce
+from services.common.commits import AtLeastOnce, Commits, ExactlyOnce
 from services.common.delivery import Backoff
 from services.common.envelope import Envelope, from_headers
 from services.common.errors import RecordError, RetryableError
@@ -23,7 +23,7 @@ from services.common.process import DeadLetter, Output, Processor
 from services.common.settings import StreamSettings
 from services.common.shedding import ShedLevel
 from services.common.stream import StreamLoop
-from tests.fakes.kafka import FakeBroker, FakeConsumer, FakeProducer
+from tests.fakes.kafka import FakeBroker, FakeConsumer, FakeProducer, FakeTransactionalProducer
 
 IN, OUT = "in", "out"
 P0, P1 = (IN, 0), (IN, 1)
@@ -64,6 +64,7 @@ class Harness:
     loop: StreamLoop
     codec: CountingCodec
     stage: str
+    fatal: list[str]
 
     def put(self, tweet_id: str, partition: int = 0, priority: int = 1, headers: bool = True) -> None:
         record = tweet(tweet_id, priority)
@@ -97,10 +98,13 @@ async def running(
     shed_levels: list[ShedLevel] | None = None,
     failures: dict[str, list[int]] | None = None,
     setup: Callable[[Harness], None] | None = None,
+    exactly_once: bool = False,
+    commit_errors: list[KafkaError] | None = None,
 ) -> Any:
     """A loop over a fresh broker, running until the block ends; each has a stage of its own for its metrics."""
     stage = f"test-{next(_stages)}"
     broker = FakeBroker()
+    fatal: list[str] = []
     settings = StreamSettings(
         input_topic=IN,
         group_id="g",
@@ -110,13 +114,21 @@ async def running(
         shedding_enabled=bool(shed_levels),
         shed_levels=shed_levels or [],
         shed_min_dwell_s=3600,
+        commit_interval_s=0.001,
     )
     consumer = FakeConsumer(broker, partitions)
-    producer = FakeProducer(broker, failures)
     codec = CountingCodec(TWEETS.name, TWEETS.versions)
     processor = Processor(stage, settings, codec, handle, Admission(stage, settings), retry=FAST)
-    loop = StreamLoop(processor, consumer, AtLeastOnce(producer, stage, FAST), pause_after_s=0.05)
-    harness = Harness(broker, consumer, producer, loop, codec, stage)
+    commits: Commits
+    if exactly_once:
+        producer: FakeProducer = FakeTransactionalProducer(broker, commit_errors)
+        producer.failures = failures or {}
+        commits = ExactlyOnce(producer, stage, fatal.append, commit_interval_s=0.001, backoff=FAST)  # type: ignore[arg-type]
+    else:
+        producer = FakeProducer(broker, failures)
+        commits = AtLeastOnce(producer, stage, FAST)
+    loop = StreamLoop(processor, consumer, commits, pause_after_s=0.05)
+    harness = Harness(broker, consumer, producer, loop, codec, stage, fatal)
     if setup is not None:
         setup(harness)
     stop = asyncio.Event()
@@ -126,6 +138,7 @@ async def running(
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
+    assert not fatal or exactly_once, fatal
 
 
 async def eventually(what: str, check: Callable[[], bool], timeout_s: float = 5.0) -> None:
@@ -169,7 +182,7 @@ async def test_commit_moves_only_past_records_finished_in_order() -> None:
         await eventually("position 1 stored", lambda: h.consumer.stored.get(P0) == 1)
         gates.open("1")
         await eventually("position 4 stored", lambda: h.consumer.stored.get(P0) == 4)
-    assert h.consumer.committed[P0] == 4
+    assert h.consumer.committed_offsets[P0] == 4
 
 
 async def test_a_revoked_partition_commits_its_finished_prefix_and_ignores_late_completions() -> None:
@@ -191,7 +204,7 @@ async def test_a_revoked_partition_commits_its_finished_prefix_and_ignores_late_
         h.consumer.revoke([P0])
         h.consumer.assign([P0])
         await eventually("a1, a2 read again", lambda: gates.calls.get("a1") == 2 and gates.calls.get("a2") == 2)
-        assert h.consumer.committed[P0] == 1, "the revocation committed the finished prefix"
+        assert h.consumer.committed_offsets[P0] == 1, "the revocation committed the finished prefix"
         gates.open("a1", call=1)
         gates.open("a2", call=1)
         await eventually("the old calls wrote their outputs", lambda: h.written(OUT).count("a2") == 1)
@@ -213,14 +226,15 @@ async def test_a_lost_partition_commits_nothing() -> None:
     async with running(gates.handle, partitions=(P0, P1), setup=setup) as h:
         await eventually("all in flight", lambda: len(gates.calls) == 3)
         h.consumer.lose([P1])
-        gates.open("a0")  # the next consume (and with it the loss) happens once a0 is done
+        await eventually("the loss seen", lambda: P1 not in h.consumer.positions)
+        gates.open("a0")
         await eventually("partition 0 stored", lambda: h.consumer.stored.get(P0) == 1)
         gates.open("b0")
         gates.open("b1")
         await eventually("b0 and b1 written", lambda: sorted(h.written(OUT)) == ["a0", "b0", "b1"])
         await asyncio.sleep(0.05)
     assert P1 not in h.consumer.stored
-    assert P1 not in h.consumer.committed
+    assert P1 not in h.consumer.committed_offsets
 
 
 async def test_a_full_window_pauses_the_input_until_there_is_room() -> None:
