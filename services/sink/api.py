@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -141,18 +142,23 @@ async def live_events(request: web.Request) -> web.StreamResponse:
     )
     try:
         await response.prepare(request)
-        await response.write(f"retry: {RECONNECT_MS}\n\n".encode())
+        async with asyncio.timeout(hub.write_timeout_s):
+            await response.write(f"retry: {RECONNECT_MS}\n\n".encode())
         while True:
             try:
                 item = await subscription.next(HEARTBEAT_S)
             except EOFError:
                 break
-            if item is None:
-                await response.write(b": keep-alive\n\n")
-            else:
-                await response.write(f"event: prediction\ndata: {json.dumps(item)}\n\n".encode())
-    except ConnectionResetError:
-        pass  # the browser went away
+            event = b": keep-alive\n\n" if item is None else f"event: prediction\ndata: {json.dumps(item)}\n\n".encode()
+            async with asyncio.timeout(hub.write_timeout_s):
+                await response.write(event)
+    except TimeoutError:
+        # The client stopped reading. Drop the connection: ending the response normally
+        # would wait on the same full buffers.
+        if request.transport is not None:
+            request.transport.abort()
+    except ConnectionError:
+        pass  # the client went away (aiohttp's ClientConnectionResetError is one)
     finally:
         hub.unsubscribe(subscription)
     return response

@@ -37,6 +37,7 @@ class Api:
     hub: LiveHub
     session: aiohttp.ClientSession
     base: str
+    server: TestServer
 
     async def get(self, path: str, template: str | None = None, **params: Any) -> tuple[int, Any]:
         """GET a JSON endpoint; the answer must be the one openapi.yaml documents for `template`."""
@@ -47,8 +48,8 @@ class Api:
 
 
 @contextlib.asynccontextmanager
-async def serving(store: Store, max_streams: int = 10) -> AsyncIterator[Api]:
-    hub = LiveHub(max_streams)
+async def serving(store: Store, max_streams: int = 10, write_timeout_s: float = 10.0) -> AsyncIterator[Api]:
+    hub = LiveHub(max_streams, write_timeout_s=write_timeout_s)
     listening = asyncio.Event()
     watcher = asyncio.create_task(store.watch(hub.publish, listening))
     server = TestServer(make_app(store, hub, IMAGE_SOURCES), host="127.0.0.1")
@@ -56,7 +57,7 @@ async def serving(store: Store, max_streams: int = 10) -> AsyncIterator[Api]:
     await asyncio.wait_for(listening.wait(), timeout=10)
     try:
         async with aiohttp.ClientSession() as session:
-            yield Api(store, hub, session, str(server.make_url("")).rstrip("/"))
+            yield Api(store, hub, session, str(server.make_url("")).rstrip("/"), server)
     finally:
         await server.close()
         watcher.cancel()
