@@ -4,8 +4,9 @@ Order of work, cheapest refusal first: magic bytes decide the type; the header g
 dimensions, refused above the pixel limit before a single pixel is decoded (PNG and GIF bombs
 declare huge sizes in a few bytes; a GIF frame larger than its screen enlarges the size Pillow
 reports, so it is caught the same way); JPEGs are decoded at reduced scale (libjpeg DCT
-scaling through `draft()`); only the first frame of an animation is decoded. The centre square
-is cropped and resized before colour conversion and EXIF orientation: both commute with a
+scaling: libjpeg-turbo's n/8 scales through `fastjpeg` for YCbCr, RGB and grey, Pillow's
+`draft()` for CMYK); only the first frame of an animation is decoded. The centre square is
+cropped and resized before colour conversion and EXIF orientation: both commute with a
 centre-square crop, and on 224x224 pixels they cost almost nothing.
 
 Memory is checked before decoding too: a few bytes can describe a picture that decodes to
@@ -25,10 +26,14 @@ import math
 import struct
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
 from PIL import Image, PngImagePlugin
 
 from services.common.errors import RecordError
 from services.common.pixels import PILLOW_FAILURES
+
+from . import fastjpeg
 
 PIXEL_FORMAT = "RGB8_HWC"
 
@@ -106,10 +111,11 @@ class OpenImage:
     """An image whose header is read and checked but whose pixels are not decoded yet, with the
     peak memory its decode will take. `close()` it (or use `with`) whether decoded or not."""
 
-    __slots__ = ("image", "memory_bytes", "source_format", "source_height", "source_width")
+    __slots__ = ("data", "image", "memory_bytes", "source_format", "source_height", "source_width")
 
-    def __init__(self, image: Image.Image, source_format: str, memory_bytes: int) -> None:
+    def __init__(self, image: Image.Image, source_format: str, memory_bytes: int, data: bytes = b"") -> None:
         self.image = image
+        self.data = data
         self.source_format = source_format
         self.source_width, self.source_height = image.size
         self.memory_bytes = memory_bytes
@@ -156,7 +162,7 @@ def open_image(data: bytes, size: int, max_pixels: int, max_memory: int | None =
             raise ImageError("too_many_pixels", f"{width}x{height} exceeds {max_pixels} pixels")
         if width < 1 or height < 1:
             raise ImageError("corrupt_image", f"{width}x{height} has no pixels")
-        opened = OpenImage(image, fmt, 0)
+        opened = OpenImage(image, fmt, 0, data)
         if fmt == "JPEG":
             # libjpeg DCT scaling: decode at the smallest 1/2^k scale whose short side is still >= size.
             image.draft("RGB", (size, size))
@@ -176,14 +182,24 @@ def open_image(data: bytes, size: int, max_pixels: int, max_memory: int | None =
         raise ImageError("corrupt_image", f"{type(exc).__name__}: {exc}") from exc
 
 
-def decode(opened: OpenImage, size: int) -> ModelInput:
-    """Decode an opened image into `size` x `size` RGB pixels; ImageError says why it cannot."""
+def decode(opened: OpenImage, size: int, *, pillow_only: bool = False) -> ModelInput:
+    """Decode an opened image into `size` x `size` RGB pixels; ImageError says why it cannot.
+
+    JPEGs in YCbCr, RGB or grey go through libjpeg-turbo's scaled decode (`fastjpeg`), the
+    fastest; the rest (CMYK JPEGs, PNG, WebP, GIF), or everything with `pillow_only`, through
+    Pillow. EXIF orientation is applied to either result after the crop (they commute with a
+    centre-square crop)."""
     image = opened.image
     try:
-        image.load()  # first frame of an animation; raises on truncated or corrupt data
         orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-        square = _centre_square(_resizable(image), size)
-        rgb = _to_rgb(square)
+        square = None if pillow_only else _fast_square(opened, size)
+        if square is not None and orientation not in _ORIENT:
+            return ModelInput(square.tobytes(), opened.source_width, opened.source_height, opened.source_format, size)
+        if square is not None:
+            rgb = Image.fromarray(square)
+        else:
+            image.load()  # first frame of an animation; raises on truncated or corrupt data
+            rgb = _to_rgb(_centre_square(_resizable(image), size))
         for step in _ORIENT.get(orientation, ()):
             rgb = rgb.transpose(step)
         return ModelInput(rgb.tobytes(), opened.source_width, opened.source_height, opened.source_format, size)
@@ -193,8 +209,20 @@ def decode(opened: OpenImage, size: int) -> ModelInput:
         raise ImageError("corrupt_image", f"{type(exc).__name__}: {exc}") from exc
 
 
+def _fast_square(opened: OpenImage, size: int) -> npt.NDArray[np.uint8] | None:
+    if opened.source_format != "JPEG" or not opened.data:
+        return None
+    try:
+        return fastjpeg.centre_square(opened.data, size, opened.source_width, opened.source_height)
+    except fastjpeg.FastJpegError as exc:
+        raise ImageError(exc.reason, exc.detail) from exc
+
+
 # Peak memory of a decode, measured with Pillow 13 (the process's peak RSS over one decode,
-# tests/unit/test_fetcher_decode_memory.py checks each case against this model): a decoded
+# tests/unit/test_fetcher_decode_memory.py checks each case against this model). A JPEG that
+# `fastjpeg` decodes costs no more than this counts for Pillow: libjpeg-turbo's scale is never
+# larger than the one `draft()` picks (it has the n/8 scales besides Pillow's 1/2^k), and it
+# keeps 3 bytes a pixel where Pillow keeps 4; the progressive coefficients are the same. A decoded
 # image takes `_STORED_BYTES` per pixel (RGB is kept in 4 bytes); `_resizable` and the resize
 # add full-size copies (`_conversion_bytes`); WebP goes through libwebp's animation decoder,
 # which holds two canvases of 4 bytes per pixel besides the frame it returns and Pillow's
