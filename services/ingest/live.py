@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+from confluent_kafka import KafkaException
 from tweepy.errors import HTTPException, TooManyRequests, TwitterServerError
 
 from services.common.kafka import AsyncProducer, producer_config
@@ -18,7 +19,7 @@ from services.common.runtime import Runtime
 from . import metrics as ingest_metrics
 from . import rules as stream_rules
 from .backoff import Backoff, BackoffPolicy
-from .dedup import RecentIds
+from .dedup import RecentIds, newest_keys
 from .payload import PayloadError, is_operational_disconnect, parse_line, stream_errors
 from .produce import Outgoing, PayloadFile, PayloadProducer
 from .settings import IngestSettings
@@ -152,7 +153,8 @@ async def run_live(settings: IngestSettings, rt: Runtime) -> None:
     """Sync the rules, then read the stream until the process is told to stop."""
     rule_set = stream_rules.load_rules(settings.rules_file)
     priorities = rule_set.priorities(settings.rule_priorities, "rule_priorities" in settings.model_fields_set)
-    producer = AsyncProducer(producer_config(settings.kafka, "tagstream-ingest"))
+    recent = await _recent_posts(settings, rt.stop)
+    producer = AsyncProducer(producer_config(settings.kafka, "tagstream-ingest"), on_fatal=rt.fail)
     recording = PayloadFile(settings.record_file) if settings.record_file is not None else None
     payloads = PayloadProducer(
         producer,
@@ -161,7 +163,7 @@ async def run_live(settings: IngestSettings, rt: Runtime) -> None:
         priorities=priorities,
         default_priority=settings.default_priority,
         source="x_stream",
-        recent=RecentIds(settings.dedup_window),
+        recent=recent,
         recording=recording,
     )
     stream = LiveStream(settings, payloads)
@@ -190,6 +192,28 @@ async def run_live(settings: IngestSettings, rt: Runtime) -> None:
         if recording is not None:
             recording.close()
         log.info("live ingest stopped", extra={"fields": _tally_fields(payloads)})
+
+
+async def _recent_posts(settings: IngestSettings, stop: asyncio.Event) -> RecentIds:
+    """The duplicate window, filled again from the newest posts in the output topic; retried
+    until it can be read, since a window forgotten at a restart lets X's resends through."""
+    recent = RecentIds(settings.dedup_window)
+    backoff = Backoff(backoff_policy(settings))
+    while not stop.is_set():
+        try:
+            keys = await asyncio.to_thread(newest_keys, settings.kafka, settings.output_topic, settings.dedup_window)
+        except (KafkaException, RuntimeError, TimeoutError) as exc:
+            wait = backoff.after_network_error()
+            fields = {"topic": settings.output_topic, "error": str(exc)[:300], "retry_in_s": wait}
+            log.warning("recent posts unreadable, retrying", extra={"fields": fields})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), wait)
+            continue
+        for key in keys:
+            recent.add(key)
+        log.info("duplicate window restored", extra={"fields": {"posts": len(recent), "topic": settings.output_topic}})
+        break
+    return recent
 
 
 async def _sync_rules(

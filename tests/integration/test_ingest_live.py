@@ -318,3 +318,44 @@ async def test_backfill_produces_the_same_records_as_the_stream(x_api: FakeXApi,
     assert tags == ["backfill:hashtag:cats"] * 3 + ["backfill:keyword:cats"] * (limit - 3)
     assert all(r["media"] and r["post_url"].startswith("https://x.com/user42/status/") for r in records)
     assert TOKEN not in log
+
+
+async def test_a_restarted_ingest_does_not_write_again_what_it_wrote_before(
+    topics: dict[str, str], tmp_path: Path
+) -> None:
+    """X resends posts after a reconnect; after a restart the duplicate window is filled again
+    from the newest records of the topic, so a resend of a post written before is dropped."""
+    earlier = [tweet_id(n) for n in range(300, 303)]
+    later = tweet_id(303)
+    fake = FakeXApi(TOKEN, rules=[], connections=[Connection([post(i) for i in [*earlier[1:], later]], end="hold")])
+    await fake.start()
+    try:
+        env = service_env(fake, INGEST_OUTPUT_TOPIC=topics["out"], INGEST_DLQ_TOPIC=topics["dlq"])
+        stream = tmp_path / "before.jsonl"  # what a previous run of the service wrote
+        stream.write_bytes(b"".join(json.dumps(post(i)).encode() + b"\n" for i in earlier))
+        summary, _ = await run_cli("replay", str(stream), env=env)
+        assert summary["produced"] == len(earlier)
+
+        port = free_port()
+        env |= {"INGEST_METRICS_PORT": str(port), "INGEST_SYNC_RULES": "false"}
+        service = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.ingest", "run", cwd=ROOT, env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            messages = await asyncio.to_thread(
+                consume, topics["out"], lambda ms: any(m.key() == later.encode() for m in ms)
+            )
+            await asyncio.sleep(1)  # a duplicate written after the last post would show up by now
+            messages = await asyncio.to_thread(consume, topics["out"], lambda ms: len(ms) > len(earlier) + 1, 3)
+            skipped = metric_values(port).get(
+                ("tagstream_records_skipped_total", (("reason", "duplicate"), ("stage", "ingest"))), 0.0
+            )
+        finally:
+            service.send_signal(signal.SIGTERM)
+            _, stderr = await asyncio.wait_for(service.communicate(), 30)
+    finally:
+        await fake.close()
+    assert [m.key().decode() for m in messages] == [*earlier, later], stderr.decode()[-3000:]
+    assert skipped == 2
+    assert b"duplicate window restored" in stderr

@@ -28,14 +28,6 @@ def test_a_repeat_keeps_an_id_fresh() -> None:
     assert "2" not in recent
 
 
-def test_forget_lets_a_post_through_again() -> None:
-    recent = RecentIds(10)
-    recent.add("1")
-    recent.forget("1")
-    assert recent.add("1")
-    recent.forget("never-seen")  # no error
-
-
 def test_capacity_must_be_positive() -> None:
     with pytest.raises(ValueError, match="capacity"):
         RecentIds(0)
