@@ -96,6 +96,12 @@ replay: $(STACK_STAMP)  ## replay a recorded stream: make replay FILE=path [RATE
 		--burst $(or $(BURST),1) --burst-start $(or $(BURST_START),0) --burst-seconds $(or $(BURST_SECONDS),0) \
 		--high-share $(or $(HIGH_SHARE),0.2) $(if $(THROTTLE),--throttle $(THROTTLE)))
 
+.PHONY: redrive
+redrive: $(STACK_STAMP)  ## dead letters back on their source topic: make redrive TOPIC=images.dlq [REASON=a,b] [SINCE=2h] [DRY_RUN=1]
+	$(PY) -m tools.redrive --topic $(or $(TOPIC),$(error TOPIC=<dead-letter topic> is required)) \
+		$(if $(REASON),--reason $(REASON)) $(if $(SINCE),--since $(SINCE)) $(if $(DRY_RUN),--dry-run) \
+		$(if $(GROUP),--group $(GROUP))
+
 LIMIT ?= 100
 backfill: $(STACK_STAMP)  ## recent search into tweets: make backfill QUERY=cats LIMIT=500 [OUT=file.jsonl writes a replay file instead]
 	$(PY) -m services.ingest backfill --query $(QUERY) --limit $(LIMIT) $(if $(OUT),--out $(OUT))
