@@ -11,7 +11,7 @@ centre-square crop, and on 224x224 pixels they cost almost nothing.
 
 Memory is checked before decoding too: a few bytes can describe a picture that decodes to
 hundreds of megabytes while staying under the pixel limit (a lossless WebP of one colour, a
-16-bit grey PNG). `open_image` (and `memory_needed`) reads the header and estimates the peak
+16-bit grey PNG). `open_image` reads the header and estimates the peak
 memory of the whole decode (`decode_memory`), from what was measured of Pillow for each format
 and mode; an image over the per-image cap is refused, and the caller admits the rest against a
 budget shared by all decodes before decoding it.
@@ -134,14 +134,6 @@ def to_model_input(data: bytes, size: int, max_pixels: int, max_memory: int | No
     """Decode `data` and return `size` x `size` RGB pixels; ImageError says why it cannot."""
     with open_image(data, size, max_pixels, max_memory) as image:
         return decode(image, size)
-
-
-def memory_needed(data: bytes, size: int, max_pixels: int, max_memory: int | None = None) -> int:
-    """The estimated peak memory of decoding `data`, refused (ImageError) as `open_image` does.
-    Nothing stays open: an image waiting for memory holds none (a WebP's decoder allocates
-    its canvases as it opens)."""
-    with open_image(data, size, max_pixels, max_memory) as opened:
-        return opened.memory_bytes
 
 
 def open_image(data: bytes, size: int, max_pixels: int, max_memory: int | None = None) -> OpenImage:

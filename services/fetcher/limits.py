@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -84,6 +85,10 @@ class ByteBudget:
     estimate at once) never overdraws, must fit in `limit`, and is served in arrival order: a
     large one waiting is not passed by smaller first takes behind it, which would otherwise
     keep it waiting as long as small ones keep coming.
+
+    Everything runs on the event loop but `take_now`, which a decode worker calls to reserve its
+    decode's memory without a trip back to the loop when it fits at once; a lock keeps the
+    accounting whole between the two threads.
     """
 
     def __init__(self, limit: int) -> None:
@@ -91,6 +96,7 @@ class ByteBudget:
         self.used = 0
         self._waiting: dict[Allowance, tuple[int, asyncio.Future[None]]] = {}
         self._overdraft: Allowance | None = None
+        self._lock = threading.Lock()
 
     def allowance(self) -> Allowance:
         return Allowance(self)
@@ -105,33 +111,50 @@ class ByteBudget:
     def waiters(self) -> int:
         return len(self._waiting)
 
+    def take_now(self, allowance: Allowance, size: int) -> bool:
+        """From any thread: give an allowance holding nothing `size` bytes if they fit now and
+        no first take is waiting before it; False (nothing taken) leaves it to `take`."""
+        if allowance.held or size > self.limit:
+            return False
+        with self._lock:
+            # closed: its owner gave up (a cancelled download) while the worker was reading
+            if allowance.closed or self.used + size > self.limit or self._first_takes_waiting(allowance):
+                return False
+            self._grant(allowance, size)
+            return True
+
     async def _take(self, allowance: Allowance, size: int) -> None:
         if allowance.held == 0 and size > self.limit:
             raise ValueError(f"{size} bytes can never fit in a budget of {self.limit}")
-        if (self.used + size <= self.limit and not self._first_takes_waiting(allowance)) or self._may_overdraw(
-            allowance
-        ):
-            self._grant(allowance, size)
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting[allowance] = (size, future)
-        self._wake()  # we may be the one to overdraw now
+        with self._lock:
+            if (self.used + size <= self.limit and not self._first_takes_waiting(allowance)) or self._may_overdraw(
+                allowance
+            ):
+                self._grant(allowance, size)
+                return
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiting[allowance] = (size, future)
+            self._wake()  # we may be the one to overdraw now
         try:
             await future
         except asyncio.CancelledError:
             # Still queued: leave. Already granted (a grant leaves the queue): the bytes are in
             # `allowance.held`, and the caller's release gives them back.
-            if allowance in self._waiting:
-                del self._waiting[allowance]
+            with self._lock:
+                self._waiting.pop(allowance, None)
             raise
 
     def _release(self, allowance: Allowance) -> None:
-        self.used -= allowance.held
-        assert self.used >= 0, "released more than taken"
-        allowance.held = 0
-        if self._overdraft is allowance:
-            self._overdraft = None
-        self._wake()
+        with self._lock:
+            allowance.closed = True
+            if not allowance.held:
+                return
+            self.used -= allowance.held
+            assert self.used >= 0, "released more than taken"
+            allowance.held = 0
+            if self._overdraft is allowance:
+                self._overdraft = None
+            self._wake()
 
     def _may_overdraw(self, allowance: Allowance) -> bool:
         if self._overdraft is None and allowance.held > 0:
@@ -149,6 +172,7 @@ class ByteBudget:
         return allowance.held == 0 and any(a.held == 0 and not f.done() for a, (_, f) in self._waiting.items())
 
     def _wake(self) -> None:
+        """Grant what now fits, in order; on the event loop, with the lock held."""
         first_take_blocked = False
         for allowance, (size, future) in list(self._waiting.items()):
             if future.done():  # cancelled; its task leaves the queue when it resumes
@@ -165,19 +189,24 @@ class ByteBudget:
 
 class Allowance:
     """One user's share of a `ByteBudget`: `take(n)` before keeping n more bytes, `release()`
-    (or the end of a `with` block) once they are no longer needed (idempotent)."""
+    (or the end of a `with` block) once they are no longer needed (idempotent, and final)."""
 
-    __slots__ = ("_budget", "held")
+    __slots__ = ("_budget", "closed", "held")
 
     def __init__(self, budget: ByteBudget) -> None:
         self._budget = budget
         self.held = 0
+        self.closed = False
 
     async def take(self, size: int) -> None:
         await self._budget._take(self, size)
 
+    def take_now(self, size: int) -> bool:
+        """`ByteBudget.take_now` for this allowance: safe from a worker thread."""
+        return self._budget.take_now(self, size)
+
     def release(self) -> None:
-        if self.held:
+        if self.held or not self.closed:
             self._budget._release(self)
 
     def __enter__(self) -> Allowance:

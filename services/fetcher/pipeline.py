@@ -25,6 +25,7 @@ import asyncio
 import dataclasses
 import time
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any
 
 from services.common import pixels
@@ -36,7 +37,8 @@ from services.common.timeutil import now_ms
 from . import metrics
 from .cache import ResultCache
 from .fetch import Fetcher, FetchError, is_transient
-from .imaging import ImageError, ModelInput, memory_needed, to_model_input
+from .imaging import ImageError, ModelInput, decode, open_image, to_model_input
+from .limits import Allowance
 from .renditions import Rendition, RenditionPlanner, worth_the_url_as_given
 from .settings import FetcherSettings
 
@@ -116,23 +118,31 @@ class ImagePipeline:
             metrics.FETCH_BYTES.inc(len(body.data))
             # The header is read in a worker too: a hostile one can be slow to parse. What it says
             # the decode will take is refused over the per-image cap, and otherwise waits for
-            # room among the decodes under way before it starts.
-            needed, waited_s = await loop.run_in_executor(
-                self.decode_pool,
-                memory_needed_timed,
-                body.data,
-                s.image_size,
-                s.max_pixels,
-                s.max_image_memory_bytes,
-                time.monotonic(),
-            )
-            with await self.fetcher.decode_budget.reserve(needed):
-                image, decode_s = await loop.run_in_executor(
-                    self.decode_pool, decode_timed, body.data, s.image_size, s.max_pixels, s.image_encoding
+            # room among the decodes under way before it starts. When the room is there at once
+            # (nearly always), the same trip to the worker decodes: one hand-off each way and one
+            # header read per image instead of two.
+            with self.fetcher.decode_budget.allowance() as allowance:
+                done = await loop.run_in_executor(
+                    self.decode_pool,
+                    decode_if_room,
+                    body.data,
+                    s.image_size,
+                    s.max_pixels,
+                    s.max_image_memory_bytes,
+                    s.image_encoding,
+                    allowance,
+                    time.monotonic(),
                 )
-        metrics.DECODE_SECONDS.observe(decode_s)
-        metrics.DECODE_QUEUE_SECONDS.observe(waited_s)
-        return image
+                if done.image is None:  # waits holding nothing open, then decodes
+                    await allowance.take(done.needed)
+                    image, decode_s = await loop.run_in_executor(
+                        self.decode_pool, decode_timed, body.data, s.image_size, s.max_pixels, s.image_encoding
+                    )
+                    done = Decoded(image, done.needed, done.queued_s, decode_s)
+        metrics.DECODE_SECONDS.observe(done.decode_s)
+        metrics.DECODE_QUEUE_SECONDS.observe(done.queued_s)
+        assert done.image is not None
+        return done.image
 
     def _refusal_ttl(self, error: Exception) -> float | None:
         if isinstance(error, FetchError | ImageError) and not is_transient(error.reason):
@@ -154,11 +164,36 @@ def origin(tweet: dict[str, Any], media: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def memory_needed_timed(
-    data: bytes, size: int, max_pixels: int, max_memory: int, queued_at: float
-) -> tuple[int, float]:
-    """`memory_needed` in a decode worker, with its wait for the worker."""
-    return memory_needed(data, size, max_pixels, max_memory), time.monotonic() - queued_at
+@dataclass(frozen=True)
+class Decoded:
+    """What a decode worker hands back: the image (None: there was no room for its decode yet),
+    the decode's estimated memory, the wait for the worker, and the decode's own duration."""
+
+    image: ModelInput | None
+    needed: int
+    queued_s: float
+    decode_s: float
+
+
+def decode_if_room(
+    data: bytes,
+    size: int,
+    max_pixels: int,
+    max_memory: int,
+    encoding: pixels.Encoding,
+    allowance: Allowance,
+    queued_at: float,
+) -> Decoded:
+    """In a decode worker: read the header (refused as `open_image` refuses), and when the
+    decode's estimated memory fits in the shared budget at once, take it into `allowance` and
+    decode; otherwise hand back the estimate, holding nothing open."""
+    queued_s = time.monotonic() - queued_at
+    started = time.monotonic()
+    with open_image(data, size, max_pixels, max_memory) as opened:
+        if not allowance.take_now(opened.memory_bytes):
+            return Decoded(None, opened.memory_bytes, queued_s, 0.0)
+        image = for_the_wire(decode(opened, size), size, encoding)
+    return Decoded(image, opened.memory_bytes, queued_s, time.monotonic() - started)
 
 
 def decode_timed(
@@ -167,8 +202,12 @@ def decode_timed(
     """`to_model_input` (and the wire encoding) in a decode worker, once its memory is admitted,
     with its own duration. Encoding here means once per URL, off the event loop."""
     started = time.monotonic()
-    image = to_model_input(data, size, max_pixels)
-    if encoding != "raw":
-        pixel_format, encoded = pixels.encode(image.pixels, size, encoding)
-        image = dataclasses.replace(image, pixels=encoded, pixel_format=pixel_format)
+    image = for_the_wire(to_model_input(data, size, max_pixels), size, encoding)
     return image, time.monotonic() - started
+
+
+def for_the_wire(image: ModelInput, size: int, encoding: pixels.Encoding) -> ModelInput:
+    if encoding == "raw":
+        return image
+    pixel_format, encoded = pixels.encode(image.pixels, size, encoding)
+    return dataclasses.replace(image, pixels=encoded, pixel_format=pixel_format)

@@ -196,3 +196,62 @@ async def test_a_first_take_larger_than_the_budget_is_an_error_not_a_wait() -> N
         await budget.reserve(101)
     assert budget.used == 0
     assert budget.waiters == 0
+
+
+async def test_a_decode_worker_takes_its_memory_at_once_only_when_it_fits_in_turn() -> None:
+    budget = ByteBudget(100)
+    worker = budget.allowance()
+    assert worker.take_now(60)
+    assert budget.used == 60
+    assert not budget.allowance().take_now(50)  # does not fit
+    waiting = asyncio.create_task(budget.allowance().take(50))
+    await asyncio.sleep(0)
+    assert not budget.allowance().take_now(10)  # fits, but a first take waits before it
+    worker.release()
+    await waiting
+    assert budget.used == 50
+
+
+async def test_a_worker_cannot_take_for_an_allowance_its_owner_gave_up() -> None:
+    """The download was cancelled while its worker read the header: what the worker would take
+    then could never be given back."""
+    budget = ByteBudget(100)
+    allowance = budget.allowance()
+    allowance.release()
+    assert not allowance.take_now(10)
+    assert budget.used == 0
+
+
+async def test_workers_and_the_event_loop_share_the_budget_without_losing_count() -> None:
+    """Decode threads take at once while the loop takes, waits and releases: the budget never
+    goes over its limit and ends empty."""
+    budget = ByteBudget(1000)
+    loop = asyncio.get_running_loop()
+    highest = 0
+
+    def worker(n: int) -> int:
+        taken = 0
+        for i in range(2000):
+            allowance = budget.allowance()
+            if allowance.take_now(10 + (n + i) % 50):
+                taken += 1
+                loop.call_soon_threadsafe(allowance.release)
+        return taken
+
+    async def on_the_loop() -> None:
+        nonlocal highest
+        for i in range(500):
+            with await budget.reserve(10 + i % 90):
+                highest = max(highest, budget.used)
+                await asyncio.sleep(0)
+
+    threads = [loop.run_in_executor(None, worker, n) for n in range(3)]
+    await on_the_loop()
+    taken = await asyncio.gather(*threads)
+    for _ in range(100):  # the releases the workers scheduled
+        if budget.used == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert sum(taken) > 0
+    assert highest <= 1000
+    assert budget.used == 0

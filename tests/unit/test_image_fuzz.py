@@ -26,7 +26,8 @@ from PIL import Image
 
 from services.common import pixels
 from services.fetcher.imaging import ImageError, ModelInput, to_model_input
-from services.fetcher.pipeline import decode_timed, memory_needed_timed
+from services.fetcher.limits import ByteBudget
+from services.fetcher.pipeline import decode_if_room
 
 pytestmark = pytest.mark.fuzz
 T = TypeVar("T")
@@ -177,9 +178,14 @@ def test_the_pipeline_decode_path_gives_a_wire_image_the_classifier_reads(data: 
     classifier decodes to exactly the model's shape."""
 
     def decode_path() -> ModelInput:
-        needed, _ = memory_needed_timed(data, SIZE, MAX_PIXELS, MAX_MEMORY, time.monotonic())
-        assert needed <= MAX_MEMORY
-        return decode_timed(data, SIZE, MAX_PIXELS, "jpeg")[0]
+        budget = ByteBudget(MAX_MEMORY)
+        with budget.allowance() as allowance:
+            done = decode_if_room(data, SIZE, MAX_PIXELS, MAX_MEMORY, "jpeg", allowance, time.monotonic())
+            assert done.needed <= MAX_MEMORY
+            assert done.image is not None  # the budget was empty: it decoded on the first trip
+            assert budget.used == done.needed
+        assert budget.used == 0
+        return done.image
 
     with PeakMemory() as memory:
         outcome = attempt(decode_path, ImageError)
