@@ -41,3 +41,9 @@ RENDITIONS = Counter(
     "Images asked for as a named rendition: served, or fell_back to the URL as given after a 4xx.",
     ["outcome"],
 )
+
+# Children of the labels every image touches, looked up once: `labels()` costs a lock and a
+# dict lookup per call, a few microseconds on each image's path.
+FETCHED_OK = FETCHES.labels("ok", "")
+RENDITION_SERVED = RENDITIONS.labels("served")
+RENDITION_FELL_BACK = RENDITIONS.labels("fell_back")

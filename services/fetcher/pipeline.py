@@ -35,7 +35,7 @@ from services.common.process import DeadLetter, Output
 from services.common.timeutil import now_ms
 
 from . import metrics
-from .cache import ResultCache
+from .cache import Lookup, ResultCache
 from .fetch import Fetcher, FetchError, is_transient
 from .imaging import ImageError, ModelInput, decode, open_image, to_model_input
 from .limits import Allowance
@@ -48,12 +48,13 @@ class ImagePipeline:
         self.settings = settings
         self.fetcher = fetcher
         self.decode_pool = decode_pool
+        lookups = {how: metrics.CACHE_LOOKUPS.labels(how.value) for how in Lookup}
         self.cache: ResultCache[ModelInput] = ResultCache(
             ttl_s=settings.cache_ttl_s,
             max_bytes=settings.cache_max_bytes,
             size_of=lambda image: len(image.pixels),
             error_ttl_s=self._refusal_ttl,
-            on_lookup=lambda how: metrics.CACHE_LOOKUPS.labels(how.value).inc(),
+            on_lookup=lambda how: lookups[how].inc(),
         )
         metrics.CACHE_BYTES.set_function(lambda: self.cache.bytes)
         self.renditions = RenditionPlanner(
@@ -83,9 +84,9 @@ class ImagePipeline:
         except FetchError as exc:
             if not worth_the_url_as_given(exc.reason):
                 raise
-            metrics.RENDITIONS.labels("fell_back").inc()
+            metrics.RENDITION_FELL_BACK.inc()
             return await self.model_input(url)
-        metrics.RENDITIONS.labels("served").inc()
+        metrics.RENDITION_SERVED.inc()
         return image
 
     async def _one(self, tweet: dict[str, Any], media: dict[str, Any]) -> Output | DeadLetter:
@@ -95,7 +96,7 @@ class ImagePipeline:
         except RecordError as exc:
             metrics.FETCHES.labels("refused", exc.reason).inc()
             return DeadLetter(exc.reason, exc.detail, (("media_key", media["media_key"]), ("url", url)))
-        metrics.FETCHES.labels("ok", "").inc()
+        metrics.FETCHED_OK.inc()
         record = {
             "origin": origin(tweet, media),
             "fetch_ts_ms": now_ms(),

@@ -48,20 +48,26 @@ class RenditionPlanner:
         self.hosts = frozenset(h.lower() for h in hosts)
         self.size = size
         self.boxes = tuple(sorted(DOCUMENTED + (UNDOCUMENTED if undocumented else ()), key=lambda b: b[1]))
+        # What a URL of these hosts' photos starts with: most URLs of a post are told apart by
+        # this alone, before any parsing.
+        self._starts = tuple(f"{scheme}://{host}" for scheme in ("https", "http") for host in self.hosts)
 
     def choose(self, url: str, width: int | None, height: int | None) -> Rendition | None:
+        if not url[:64].lower().startswith(self._starts):
+            return None
         try:
             parsed = URL(url)
         except (ValueError, TypeError):
             return None  # the download refuses it with its own reason
         if (
-            parsed.scheme not in ("http", "https")
-            or (parsed.host or "").lower() not in self.hosts
+            (parsed.host or "").lower() not in self.hosts
             or not parsed.path.startswith(RENDITION_PATHS)
             or ":" in parsed.path  # the legacy `name.jpg:large` form: left as given
         ):
             return None
         name = smallest_covering(self.boxes, width, height, self.size)
+        if not parsed.query_string and not parsed.fragment:  # as the API gives them: no parameters yet
+            return Rendition(f"{url}?format=jpg&name={name}", name)
         query = [(k, v) for k, v in parsed.query.items() if k not in ("format", "name")]
         return Rendition(str(parsed.with_query([*query, ("format", "jpg"), ("name", name)])), name)
 
