@@ -58,6 +58,21 @@ def named(objects: Iterable[Obj], kind: str, name: str) -> Obj:
     return found[0]
 
 
+#: the kinds that run the services' pods: the fetcher and classifier are StatefulSets (their
+#: pods' stable names are their transactional ids), the others Deployments
+WORKLOAD_KINDS = ("Deployment", "StatefulSet")
+
+
+def workloads(objects: Iterable[Obj]) -> list[Obj]:
+    return [o for o in objects if o["kind"] in WORKLOAD_KINDS]
+
+
+def workload_named(objects: Iterable[Obj], name: str) -> Obj:
+    found = [o for o in workloads(objects) if o["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one workload {name}, found {len(found)}"
+    return found[0]
+
+
 def pod_spec(workload: Obj) -> Obj:
     spec: Obj = workload["spec"]["template"]["spec"]
     return spec

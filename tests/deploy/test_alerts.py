@@ -16,7 +16,7 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-from .manifests import ROOT, Obj, of_kind, selector_matches
+from .manifests import ROOT, Obj, of_kind, selector_matches, workloads
 
 RULES = ROOT / "deploy" / "k8s" / "base" / "monitoring" / "alerts.yaml"
 PROMTOOL_TESTS = Path(__file__).with_name("alerts_test.yml")
@@ -251,7 +251,7 @@ def test_jobs_the_rules_name_are_the_local_and_the_cluster_jobs(rendered: dict[s
     assert named_jobs <= local_jobs
     for objects in rendered.values():
         monitors = of_kind(objects, "PodMonitor")
-        for workload in of_kind(objects, "Deployment"):
+        for workload in workloads(objects):
             labels = workload["spec"]["template"]["metadata"]["labels"]
             job_label = {m["spec"].get("jobLabel") for m in monitors if selector_matches(m["spec"]["selector"], labels)}
             assert job_label == {"app.kubernetes.io/name"}, workload["metadata"]["name"]

@@ -31,6 +31,8 @@ from .manifests import (
     pod_spec,
     selector_matches,
     settings_env_names,
+    workload_named,
+    workloads,
 )
 
 SERVICES: dict[str, type[ServiceSettings]] = {
@@ -66,7 +68,7 @@ def _settings_from_manifest(
     settings_cls = SERVICES[service]
     for name in settings_env_names(settings_cls):
         monkeypatch.delenv(name, raising=False)
-    env, _ = container_env(objects, named(objects, "Deployment", service))
+    env, _ = container_env(objects, workload_named(objects, service))
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return settings_cls(), env
@@ -90,17 +92,17 @@ def _kafka_bootstrap(objects: list[Obj]) -> tuple[str, int]:
 
 @pytest.mark.parametrize("service", sorted(SERVICES))
 def test_service_runs_its_own_module_from_the_one_image(objects: list[Obj], service: str) -> None:
-    workload = named(objects, "Deployment", service)
+    workload = workload_named(objects, service)
     c = container(workload)
     assert c["args"] == [f"services.{service}"]
     assert importlib.util.find_spec(f"services.{service}.__main__") is not None
-    images = {container(named(objects, "Deployment", s))["image"] for s in SERVICES}
+    images = {container(workload_named(objects, s))["image"] for s in SERVICES}
     assert len(images) == 1, images
 
 
 @pytest.mark.parametrize("service", sorted(SERVICES))
 def test_every_variable_set_is_one_the_service_reads(objects: list[Obj], service: str) -> None:
-    literal, referenced = container_env(objects, named(objects, "Deployment", service))
+    literal, referenced = container_env(objects, workload_named(objects, service))
     unknown = (set(literal) | referenced) - settings_env_names(SERVICES[service])
     assert not unknown, f"{service} reads no {sorted(unknown)}"
 
@@ -108,7 +110,7 @@ def test_every_variable_set_is_one_the_service_reads(objects: list[Obj], service
 @pytest.mark.parametrize("service", sorted(SERVICES))
 def test_ports_and_probes_match_the_settings(objects: list[Obj], service: str, monkeypatch: pytest.MonkeyPatch) -> None:
     settings, _ = _settings_from_manifest(objects, service, monkeypatch)
-    workload = named(objects, "Deployment", service)
+    workload = workload_named(objects, service)
     ports = _ports(workload)
     assert ports["metrics"] == settings.metrics_port
     c = container(workload)
@@ -193,7 +195,7 @@ def test_keda_scales_on_the_right_lag_and_never_past_the_partitions(
         assert meta["bootstrapServers"] == f"{host}.{NAMESPACE}.svc:{port}"
         assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= TOPICS[settings.input_topic].partitions
         # The HorizontalPodAutoscaler owns the replica count; `kubectl apply` must not reset it.
-        assert "replicas" not in named(objects, "Deployment", service)["spec"]
+        assert "replicas" not in workload_named(objects, service)["spec"]
 
 
 def test_a_stage_watches_the_group_that_reads_its_output(objects: list[Obj], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -225,7 +227,7 @@ def test_classifier_reaches_the_model_triton_serves(objects: list[Obj], monkeypa
 def test_sink_database_lives_on_its_volume(objects: list[Obj], monkeypatch: pytest.MonkeyPatch) -> None:
     settings, _ = _settings_from_manifest(objects, "sink", monkeypatch)
     assert isinstance(settings, SinkSettings)
-    workload = named(objects, "Deployment", "sink")
+    workload = workload_named(objects, "sink")
     claims = {
         v["name"]: v["persistentVolumeClaim"]["claimName"]
         for v in pod_spec(workload)["volumes"]
@@ -248,17 +250,17 @@ def test_secrets_come_from_secrets_only(objects: list[Obj]) -> None:
         assert not leaked, f"ConfigMap {config_map['metadata']['name']} holds {leaked}"
     assert not of_kind(objects, "Secret"), "secrets are created by the user, never shipped"
     for service in SERVICES:
-        for var in container(named(objects, "Deployment", service)).get("env", []):
+        for var in container(workload_named(objects, service)).get("env", []):
             if var["name"] in secret_names:
                 assert "value" not in var, var
                 assert "secretKeyRef" in var["valueFrom"], var
-    token = next(v for v in container(named(objects, "Deployment", "ingest"))["env"] if v["name"] == "X_BEARER_TOKEN")
+    token = next(v for v in container(workload_named(objects, "ingest"))["env"] if v["name"] == "X_BEARER_TOKEN")
     ref = token["valueFrom"]["secretKeyRef"]
     example = (ROOT / "deploy" / "k8s" / "examples" / "x-api-secret.yaml").read_text()
     assert f"name: {ref['name']}" in example
     assert f"{ref['key']}:" in example
     for service in ("fetcher", "classifier", "sink", "triton"):
-        names = {v["name"] for v in container(named(objects, "Deployment", service)).get("env", [])}
+        names = {v["name"] for v in container(workload_named(objects, service)).get("env", [])}
         assert "X_BEARER_TOKEN" not in names, service
 
 
@@ -266,7 +268,7 @@ def test_every_pod_is_scraped(objects: list[Obj]) -> None:
     monitors = of_kind(objects, "PodMonitor")
     for monitor in monitors:
         assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
-    for workload in of_kind(objects, "Deployment"):
+    for workload in workloads(objects):
         labels = workload["spec"]["template"]["metadata"]["labels"]
         ports = _ports(workload)
         scraping = [
@@ -282,7 +284,7 @@ def test_every_pod_is_scraped(objects: list[Obj]) -> None:
 
 def test_every_deployment_has_a_disruption_budget(objects: list[Obj]) -> None:
     budgets = of_kind(objects, "PodDisruptionBudget")
-    for workload in of_kind(objects, "Deployment"):
+    for workload in workloads(objects):
         labels = workload["spec"]["template"]["metadata"]["labels"]
         assert any(selector_matches(b["spec"]["selector"], labels) for b in budgets), workload["metadata"]["name"]
 

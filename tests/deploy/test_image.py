@@ -9,7 +9,7 @@ import re
 import tomllib
 from pathlib import Path, PurePosixPath
 
-from .manifests import ROOT, Obj, container, named, pod_spec
+from .manifests import ROOT, Obj, container, pod_spec, workload_named
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 
@@ -57,9 +57,9 @@ def test_runs_as_the_unprivileged_user_the_pods_name(rendered: dict[str, list[Ob
     users = [args for word, args in _instructions() if word == "USER"]
     assert users == ["10001:10001"]
     for service in ("ingest", "fetcher", "classifier", "sink"):
-        ctx = container(named(rendered["gpu"], "Deployment", service))["securityContext"]
+        ctx = container(workload_named(rendered["gpu"], service))["securityContext"]
         assert (ctx["runAsUser"], ctx["runAsGroup"]) == (10001, 10001)
-        assert pod_spec(named(rendered["gpu"], "Deployment", service))["securityContext"]["runAsUser"] == 10001
+        assert pod_spec(workload_named(rendered["gpu"], service))["securityContext"]["runAsUser"] == 10001
     entrypoint = [args for word, args in _instructions() if word == "ENTRYPOINT"]
     assert entrypoint == ['["python", "-m"]']
 

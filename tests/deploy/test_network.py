@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from .manifests import Obj, Peer, allowed, container, of_kind, selector_matches
+from .manifests import Obj, Peer, allowed, container, of_kind, selector_matches, workloads
 
 NAMESPACE = "tagstream"
 # Labels Strimzi gives the broker pods of the `tagstream` cluster (node pool `dual-role`).
@@ -49,7 +49,7 @@ def policies(objects: list[Obj]) -> list[Obj]:
 
 def _pods(objects: list[Obj]) -> dict[str, Peer]:
     pods = {}
-    for workload in of_kind(objects, "Deployment"):
+    for workload in workloads(objects):
         ports = {p["name"]: p["containerPort"] for p in container(workload).get("ports", [])}
         pods[workload["metadata"]["name"]] = Peer.pod(
             workload["spec"]["template"]["metadata"]["labels"], NAMESPACE, ports

@@ -24,7 +24,8 @@ DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]
 EXPECTED_KINDS = {
     "Namespace": 1,
     "ServiceAccount": 1,
-    "Deployment": 5,  # ingest, fetcher, classifier, sink, triton
+    "Deployment": 3,  # ingest, sink, triton
+    "StatefulSet": 2,  # fetcher, classifier: a stable pod name is a stable transactional id
     "Service": 5,
     "PodDisruptionBudget": 5,
     "NetworkPolicy": 5,
@@ -57,7 +58,7 @@ def test_overlay_renders_the_whole_system(objects: list[Obj]) -> None:
     kinds = Counter(o["kind"] for o in objects)
     for kind, count in EXPECTED_KINDS.items():
         assert kinds[kind] == count, f"{kind}: {kinds[kind]} rendered, {count} expected"
-    names = {o["metadata"]["name"] for o in objects if o["kind"] == "Deployment"}
+    names = {o["metadata"]["name"] for o in objects if o["kind"] in ("Deployment", "StatefulSet")}
     assert names == {"ingest", "fetcher", "classifier", "sink", "triton"}
     for obj in objects:
         if obj["kind"] != "Namespace":
@@ -109,7 +110,7 @@ def test_kubernetes_validation_rejects_mistakes(rendered: dict[str, list[Obj]]) 
     version = KUBERNETES_VERSIONS[-1]
     mistakes = [
         # a misspelt field
-        _broken(objects, "Deployment", "fetcher", lambda o: o["spec"]["template"]["spec"].update(nodeSelecter={})),
+        _broken(objects, "StatefulSet", "fetcher", lambda o: o["spec"]["template"]["spec"].update(nodeSelecter={})),
         # a port that is not a number or a name
         _broken(objects, "Service", "sink", lambda o: o["spec"]["ports"][0].update(port="eighty")),
         # a field in the wrong place

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .manifests import CHECKOV, HADOLINT, OVERLAYS, ROOT, Obj, of_kind, pod_spec, require_tool
+from .manifests import CHECKOV, HADOLINT, OVERLAYS, ROOT, Obj, pod_spec, require_tool, workloads
 
 # Checks the deployment fails on purpose. Offline, checkov gives no severities, so every
 # other failing check fails this test. Each entry says why; deploy/k8s/README.md repeats it.
@@ -106,7 +106,7 @@ def test_hadolint_is_not_blind(tmp_path: Path) -> None:
 
 
 def test_every_container_is_locked_down(objects: list[Obj]) -> None:
-    for workload in of_kind(objects, "Deployment"):
+    for workload in workloads(objects):
         name = workload["metadata"]["name"]
         spec = pod_spec(workload)
         assert spec["automountServiceAccountToken"] is False, name
