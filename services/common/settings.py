@@ -15,7 +15,8 @@ from .stages import DLQ_SUFFIX, SHED_SUFFIX
 class KafkaSettings(BaseSettings):
     """How to reach the Kafka cluster (`KAFKA_*`)."""
 
-    model_config = SettingsConfigDict(env_prefix="KAFKA_")
+    # A validation error never prints the values: they may hold the password.
+    model_config = SettingsConfigDict(env_prefix="KAFKA_", hide_input_in_errors=True)
 
     bootstrap_servers: str = "localhost:9092"
     security_protocol: str = "PLAINTEXT"
@@ -43,6 +44,10 @@ class KafkaSettings(BaseSettings):
 
 class ServiceSettings(BaseSettings):
     """What every service has: Kafka, its metrics/health port, log level."""
+
+    # A validation error never prints the values: any of them may hold a secret (services'
+    # settings inherit this; a nested `<SERVICE>_KAFKA` JSON may hold the Kafka password).
+    model_config = SettingsConfigDict(hide_input_in_errors=True)
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     metrics_port: int = 9100

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .credentials import split_password
 from .postgres_store import PostgresStore
 from .settings import SinkSettings
 from .sqlite_store import SqliteStore
@@ -10,5 +11,6 @@ from .store import Store
 
 async def open_store(settings: SinkSettings) -> Store:
     if settings.database_url is not None:
-        return await PostgresStore.open(settings.database_url.get_secret_value(), settings.database_pool_size)
+        url, password = split_password(settings.database_url.get_secret_value())
+        return await PostgresStore.open(url, settings.database_pool_size, password=password)
     return SqliteStore(settings.database_path)

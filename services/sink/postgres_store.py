@@ -130,18 +130,26 @@ SELECT stored.* FROM stored, notified
 class PostgresStore:
     backend = "postgresql"
 
-    def __init__(self, url: str, pool: AsyncConnectionPool[psycopg.AsyncConnection[dict[str, Any]]]) -> None:
+    def __init__(
+        self, url: str, pool: AsyncConnectionPool[psycopg.AsyncConnection[dict[str, Any]]], password: str | None = None
+    ) -> None:
         self._url = url
+        self._password = password
         self._pool = pool
 
     @classmethod
-    async def open(cls, url: str, pool_size: int = 4, timeout_s: float = 30.0) -> PostgresStore:
-        """Connect, migrate, and return the store."""
+    async def open(
+        cls, url: str, pool_size: int = 4, timeout_s: float = 30.0, password: str | None = None
+    ) -> PostgresStore:
+        """Connect, migrate, and return the store.
+
+        `password` apart from `url` keeps it out of libpq's messages (services/sink/credentials.py).
+        """
         pool = AsyncConnectionPool(
             url,
             min_size=1,
             max_size=max(pool_size, 1),
-            kwargs={"autocommit": True, "row_factory": dict_row},
+            kwargs={"autocommit": True, "row_factory": dict_row, "password": password},  # None: the URL's, if any
             connection_class=psycopg.AsyncConnection[dict[str, Any]],
             open=False,
             name="sink",
@@ -153,7 +161,7 @@ class PostgresStore:
         except BaseException:
             await pool.close()
             raise
-        return cls(url, pool)
+        return cls(url, pool, password)
 
     async def close(self) -> None:
         await self._pool.close()
@@ -212,7 +220,9 @@ class PostgresStore:
         delay = 0.5
         while True:
             try:
-                conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True, row_factory=dict_row)
+                conn = await psycopg.AsyncConnection.connect(
+                    self._url, autocommit=True, row_factory=dict_row, password=self._password
+                )
                 async with conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     delay = 0.5

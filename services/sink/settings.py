@@ -10,6 +10,8 @@ from pydantic_settings import SettingsConfigDict
 from services.common.settings import StreamSettings
 from services.common.stages import stage
 
+from .credentials import split_password
+
 # Where the gallery may load images from: any https host (the X CDN and others), and the
 # local demo's image server.
 DEFAULT_IMAGE_SOURCES = "https: http://127.0.0.1:8765 http://localhost:8765"
@@ -51,6 +53,5 @@ class SinkSettings(StreamSettings):
     def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or not value.get_secret_value():
             return None
-        if not value.get_secret_value().startswith(("postgresql://", "postgres://")):
-            raise ValueError("must be a postgresql:// URL")
+        split_password(value.get_secret_value())  # a URL libpq cannot read fails here, not on each connection
         return value
