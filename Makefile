@@ -132,6 +132,12 @@ fuzz: venv  ## the property tests (marker fuzz) with many more examples; SEED=..
 	@echo "hypothesis seed: $(SEED) (make fuzz SEED=$(SEED) repeats this run)"
 	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q -m fuzz --hypothesis-seed=$(SEED)
 
+KILLS ?= 20
+BROKERS ?= 1
+.PHONY: chaos
+chaos: setup-demo  ## kill -9 the stages KILLS times each (and BROKERS=3: a 3-node cluster, nodes killed) while counting every record; SEED=... repeats a run
+	$(PY) -m tests.chaos --kills $(KILLS) --brokers $(BROKERS) --seed $(SEED)
+
 lint: venv  ## ruff and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

@@ -1,20 +1,26 @@
 #!/usr/bin/env bash
-# Local single-node Apache Kafka 4.x (KRaft, broker+controller) on localhost:9092, no Docker.
+# Local Apache Kafka 4.x in KRaft mode (each node broker + controller), no Docker: one node on
+# localhost:9092 by default, or a cluster of KAFKA_NODES nodes on consecutive ports.
 #
-# Usage: scripts/kafka.sh {fetch|start|stop|status|reset}
+# Usage: scripts/kafka.sh {fetch|start|stop|status|reset} [NODE ...]
 #   fetch   download the broker jars from Maven Central (via mvn) into ${CACHE_DIR}/kafka/jars
 #           (the Prometheus JMX exporter agent into ${CACHE_DIR}/kafka/jars/agent)
-#   start   fetch, format storage once, start the broker in the background, wait until it answers
-#   stop    stop the broker started by `start` (SIGTERM, then SIGKILL after a bounded wait)
-#   status  print running/stopped; exit 0 if running, 1 if not
-#   reset   stop and delete the data dir
+#   start   fetch, format storage once, start the nodes in the background, wait until they answer
+#   stop    stop the nodes started by `start` (SIGTERM, then SIGKILL after a bounded wait)
+#   status  print running/stopped per node; exit 0 if all run, 1 if not
+#   reset   stop and delete the data dirs
+# NODE is a node id, 1..KAFKA_NODES; without one, every node.
 #
 # Environment (paths are relative to the repo root unless absolute):
 #   CACHE_DIR (.cache)  RUN_DIR (.run)  PYTHON (.venv/bin/python)
+#   KAFKA_NODES (1): with 3, a three-node cluster, replication factor 3 and min.insync.replicas 2
+#     as in deploy/k8s (a static controller quorum of the three)
+#   KAFKA_PORT (9092): node 1's client port; node n listens on KAFKA_PORT + 2(n-1), its
+#     controller on the port above
 #   KAFKA_HEAP_OPTS (-Xms256m -Xmx512m)  KAFKA_OPTS (extra JVM flags)
 #   KAFKA_START_TIMEOUT (90 s)  KAFKA_STOP_TIMEOUT (30 s)  KAFKA_CLUSTER_ID (fixed default)
-#   KAFKA_METRICS_PORT (9404): the broker's Prometheus metrics, http://127.0.0.1:<port>/metrics,
-#     served by the JMX exporter agent with the rules in deploy/local/kafka/jmx-exporter.yaml
+#   KAFKA_METRICS_PORT (9404): node 1's Prometheus metrics, http://127.0.0.1:<port>/metrics (node n
+#     on the port n-1 above), served by the JMX exporter agent with deploy/local/kafka/jmx-exporter.yaml
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -35,17 +41,45 @@ STAMP="$JARS_DIR/.pom.sha256"
 # The agent lives in a subdirectory so that the `$JARS_DIR/*` classpath does not include it.
 AGENT_DIR="$JARS_DIR/agent"
 METRICS_RULES="$CONF_DIR/jmx-exporter.yaml"
-DATA_DIR="$RUN_DIR/kafka/data"
-PROPS="$RUN_DIR/kafka/server.properties"
-LOG_DIR="$RUN_DIR/logs"
-LOG_FILE="$LOG_DIR/kafka.log"   # log4j2 output (deploy/local/kafka/log4j2.yaml)
-OUT_FILE="$LOG_DIR/kafka.out"   # JVM stdout/stderr (crashes, early errors)
-PID_FILE="$RUN_DIR/kafka.pid"
-
+NODES="${KAFKA_NODES:-1}"
+BASE_PORT="${KAFKA_PORT:-9092}"
+BASE_METRICS_PORT="${KAFKA_METRICS_PORT:-9404}"
 HOST=127.0.0.1
-PORT=9092
-BOOTSTRAP="localhost:$PORT"
-METRICS_PORT="${KAFKA_METRICS_PORT:-9404}"
+
+# use_node N: point the per-node variables at node N. One node keeps the layout it always had.
+use_node() {
+  NODE="$1"
+  PORT=$((BASE_PORT + 2 * (NODE - 1)))
+  CONTROLLER_PORT=$((PORT + 1))
+  METRICS_PORT=$((BASE_METRICS_PORT + NODE - 1))
+  BOOTSTRAP="localhost:$PORT"
+  if ((NODES == 1)); then
+    DATA_DIR="$RUN_DIR/kafka/data"
+    PROPS="$RUN_DIR/kafka/server.properties"
+    LOG_DIR="$RUN_DIR/logs"
+    PID_FILE="$RUN_DIR/kafka.pid"
+  else
+    DATA_DIR="$RUN_DIR/kafka/node-$NODE/data"
+    PROPS="$RUN_DIR/kafka/node-$NODE/server.properties"
+    LOG_DIR="$RUN_DIR/logs/kafka-$NODE"
+    PID_FILE="$RUN_DIR/kafka-$NODE.pid"
+  fi
+  LOG_FILE="$LOG_DIR/kafka.log"   # log4j2 output (deploy/local/kafka/log4j2.yaml)
+  OUT_FILE="$LOG_DIR/kafka.out"   # JVM stdout/stderr (crashes, early errors)
+}
+
+# The nodes a command is for: those named, or all.
+selected_nodes() {
+  if (($# == 0)); then
+    seq 1 "$NODES"
+    return
+  fi
+  local n
+  for n in "$@"; do
+    [[ "$n" =~ ^[0-9]+$ ]] && ((n >= 1 && n <= NODES)) || die "no node $n (KAFKA_NODES=$NODES)"
+    echo "$n"
+  done
+}
 # 16 bytes "tagstream-local1", base64url: a valid, fixed KRaft cluster id (one node, local only).
 CLUSTER_ID="${KAFKA_CLUSTER_ID:-dGFnc3RyZWFtLWxvY2FsMQ}"
 START_TIMEOUT="${KAFKA_START_TIMEOUT:-90}"
@@ -134,8 +168,23 @@ fail_start() {
 }
 
 render_props() {
+  local quorum replicas min_isr
+  if ((NODES == 1)); then
+    # Dynamic quorum: the storage is formatted with --standalone, this node the sole voter.
+    quorum="controller.quorum.bootstrap.servers=$HOST:$CONTROLLER_PORT"
+    replicas=1 min_isr=1
+  else
+    local n voters=()
+    for n in $(seq 1 "$NODES"); do voters+=("$n@$HOST:$((BASE_PORT + 2 * (n - 1) + 1))"); done
+    quorum="controller.quorum.voters=$(IFS=,; echo "${voters[*]}")"
+    replicas=$((NODES < 3 ? NODES : 3))
+    min_isr=$((replicas > 1 ? 2 : 1))
+  fi
   mkdir -p "$(dirname "$PROPS")"
-  sed "s|@DATA_DIR@|$DATA_DIR|g" "$CONF_DIR/server.properties.in" >"$PROPS.tmp"
+  sed -e "s|@DATA_DIR@|$DATA_DIR|g" -e "s|@NODE_ID@|$NODE|g" -e "s|@HOST@|$HOST|g" \
+    -e "s|@PORT@|$PORT|g" -e "s|@CONTROLLER_PORT@|$CONTROLLER_PORT|g" -e "s|@QUORUM@|$quorum|g" \
+    -e "s|@REPLICAS@|$replicas|g" -e "s|@MIN_ISR@|$min_isr|g" \
+    "$CONF_DIR/server.properties.in" >"$PROPS.tmp"
   mv "$PROPS.tmp" "$PROPS"
 }
 
@@ -154,8 +203,9 @@ format_storage() {
   fi
   mkdir -p "$DATA_DIR" "$LOG_DIR"
   log "formatting KRaft storage in $DATA_DIR (cluster id $CLUSTER_ID)"
-  local -a cmd
-  mapfile -d '' cmd < <(java_cmd kafka.tools.StorageTool format --standalone \
+  local -a cmd standalone=()
+  ((NODES == 1)) && standalone=(--standalone)
+  mapfile -d '' cmd < <(java_cmd kafka.tools.StorageTool format "${standalone[@]}" \
     -t "$CLUSTER_ID" -c "$PROPS")
   if ! "${cmd[@]}" </dev/null >"$LOG_DIR/kafka-format.out" 2>&1; then
     cat "$LOG_DIR/kafka-format.out" >&2
@@ -178,16 +228,11 @@ wait_ready() {
   fail_start "broker did not answer on $BOOTSTRAP within ${START_TIMEOUT}s (pid $pid still running; see scripts/kafka.sh stop)"
 }
 
-cmd_start() {
+# launch_node: start the selected node in the background unless it runs; print its pid.
+launch_node() {
   local pid
   if pid="$(our_pid)"; then
-    if broker_answers; then
-      log "already running (pid $pid) on $BOOTSTRAP"
-      return 0
-    fi
-    log "broker (pid $pid) is running but not answering yet; waiting"
-    wait_ready "$pid"
-    log "running (pid $pid) on $BOOTSTRAP"
+    printf '%s\n' "$pid"
     return 0
   fi
   rm -f "$PID_FILE"
@@ -197,58 +242,86 @@ cmd_start() {
   if port_open "$METRICS_PORT"; then
     die "metrics port $METRICS_PORT is already in use (set KAFKA_METRICS_PORT)"
   fi
-
-  cmd_fetch
   render_props
   format_storage
-
   mkdir -p "$LOG_DIR"
   local -a cmd
   mapfile -d '' cmd < <(java_cmd "-javaagent:$(agent_jar)=$HOST:$METRICS_PORT:$METRICS_RULES" \
     kafka.Kafka "$PROPS")
-  log "starting broker (logs: ${LOG_FILE#"$ROOT"/})"
-  local t0=$SECONDS
+  log "starting node $NODE (logs: ${LOG_FILE#"$ROOT"/})"
   : >"$OUT_FILE"
   LOG_MARK="$( (wc -l <"$LOG_FILE") 2>/dev/null || echo 0)"
-  pid="$(daemon_launch kafka "$OUT_FILE" "${cmd[@]}")" || fail_start "could not launch the broker"
-  wait_ready "$pid"
-  log "running (pid $pid) on $BOOTSTRAP, ready after $((SECONDS - t0))s"
+  daemon_launch "kafka-$NODE" "$OUT_FILE" "${cmd[@]}" || fail_start "could not launch node $NODE"
+}
+
+cmd_start() {
+  cmd_fetch
+  local n t0=$SECONDS
+  declare -A pids=()
+  # Every node is launched before any is waited for: a controller quorum needs a majority up.
+  for n in $(selected_nodes "$@"); do
+    use_node "$n"
+    pids[$n]="$(launch_node)"
+  done
+  for n in $(selected_nodes "$@"); do
+    use_node "$n"
+    wait_ready "${pids[$n]}"
+    log "running (node $n, pid ${pids[$n]}) on $BOOTSTRAP, ready after $((SECONDS - t0))s"
+  done
 }
 
 cmd_stop() {
-  daemon_stop broker
+  local n pid
+  # All are told first: a node waiting for a quorum the others already left stops slowly.
+  for n in $(selected_nodes "$@"); do
+    use_node "$n"
+    if pid="$(our_pid)"; then kill -TERM "$pid" 2>/dev/null || true; fi
+  done
+  for n in $(selected_nodes "$@"); do
+    use_node "$n"
+    daemon_stop "broker $n"
+  done
 }
 
 cmd_status() {
-  local pid
-  if pid="$(our_pid)"; then
-    local metrics="no metrics on $HOST:$METRICS_PORT"
-    port_open "$METRICS_PORT" && metrics="metrics http://$HOST:$METRICS_PORT/metrics"
-    if port_open; then
-      echo "running (pid $pid, $BOOTSTRAP, $metrics)"
+  local n pid rc=0
+  for n in $(selected_nodes "$@"); do
+    use_node "$n"
+    local prefix=""
+    ((NODES > 1)) && prefix="node $n: "
+    if pid="$(our_pid)"; then
+      local metrics="no metrics on $HOST:$METRICS_PORT"
+      port_open "$METRICS_PORT" && metrics="metrics http://$HOST:$METRICS_PORT/metrics"
+      if port_open; then
+        echo "${prefix}running (pid $pid, $BOOTSTRAP, $metrics)"
+      else
+        echo "${prefix}running (pid $pid, not listening on $BOOTSTRAP yet)"
+      fi
     else
-      echo "running (pid $pid, not listening on $BOOTSTRAP yet)"
+      echo "${prefix}stopped"
+      rc=1
     fi
-    return 0
-  fi
-  echo "stopped"
-  return 1
+  done
+  return $rc
 }
 
 cmd_reset() {
   cmd_stop
   rm -rf "$RUN_DIR/kafka"
-  log "deleted ${RUN_DIR#"$ROOT"/}/kafka (data dir and rendered config)"
+  log "deleted ${RUN_DIR#"$ROOT"/}/kafka (data dirs and rendered configs)"
 }
 
-case "${1:-}" in
+use_node 1
+command="${1:-}"
+(($#)) && shift
+case "$command" in
   fetch) cmd_fetch ;;
-  start) cmd_start ;;
-  stop) cmd_stop ;;
-  status) cmd_status ;;
+  start) cmd_start "$@" ;;
+  stop) cmd_stop "$@" ;;
+  status) cmd_status "$@" ;;
   reset) cmd_reset ;;
   *)
-    echo "usage: $0 {fetch|start|stop|status|reset}" >&2
+    echo "usage: $0 {fetch|start|stop|status|reset} [NODE ...]" >&2
     exit 2
     ;;
 esac
