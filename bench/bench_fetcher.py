@@ -1,51 +1,66 @@
-"""The fetcher against a loopback image server: speed-up over a sequential loop, share of the
-machine's decode bound it reaches, peak memory under slow and oversized responses, and peak
-memory of the real service process (`python -m services.fetcher` on Kafka) with decode bombs
-in flight.
+"""The fetcher against a loopback image server that serves X's renditions: CPU per image on
+X-like traffic, the share of the fastest decode bound it reaches, how close it comes to its
+connection limit at an internet-like latency, peak memory under slow and oversized responses,
+and peak memory of the real service process (`python -m services.fetcher` on Kafka) with
+decode bombs in flight.
 
-This process (the image set, the decode bound, the sequential baseline), the image server
-(`bench/fetcher_server.py`), and fetcher processes (`bench/fetcher_load.py`), which run the
-service's own `ImagePipeline.handle` over a `Fetcher` and its decode pool: one per core with one
-decode thread each for the headline figures (the deployed shape), and for comparison one
-process with a thread, or a process, per core.
-Images: photos drawn by `tools/demo_data.py`, 1200x800, ten JPEGs (quality 88) for each PNG and
-each WebP (quality 85); every request is a distinct URL, so the fetcher's cache never hits.
+This process (the image sets, the decoders' rates: `bench/decoders.py`), the image server
+(`bench/fetcher_server.py --renditions`), and fetcher processes (`bench/fetcher_load.py`),
+which run the service's own `ImagePipeline.handle` over a `Fetcher` and its decode pool, one
+per core with one decode thread each (the deployed shape: deploy/k8s gives a replica one CPU).
+
+X-like traffic: 24 originals drawn by `tools/demo_data.py`, half 1200x800 and half larger
+(2048x1536, 1536x2048 and 4032x3024; on X about half the photos are at most 1200 wide, a
+third up to 2048, a sixth larger), JPEG quality 88; each post's media item carries the
+original's width and height, as the API gives them, so the fetcher asks for the `small`
+rendition of each (680 on the long side), which the server makes with Pillow (Lanczos,
+quality 85). Every request is a distinct URL, so the fetcher's cache never hits.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import requests
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from bench import decoders
+from bench.fetcher_server import renditions
 from bench.figures import Figure
 from bench.stack import free_port, running
 from services.common.cpus import available_cpus
 from services.common.settings import KafkaSettings
 from services.fetcher.imaging import to_model_input
+from services.fetcher.renditions import RenditionPlanner
 from services.fetcher.settings import FetcherSettings
 from tools import hostile_images
 from tools.demo_data import photo
 
 ROOT = Path(__file__).resolve().parents[1]
-PHOTOS = 24
-DELAY_MS = 50
+#: the originals of the X-like traffic, in the order the server serves them
+ORIGINAL_SIZES: tuple[tuple[int, int], ...] = (
+    *[(1200, 800)] * 12,
+    *[(2048, 1536)] * 4,
+    *[(1536, 2048)] * 4,
+    *[(4032, 3024)] * 4,
+)
+MEMORY_PHOTOS = 24  # the memory load's own set: 1200x800, 20 JPEG : 2 PNG : 2 WebP, as before
 EFFICIENCY_ROUNDS = 3
-IMAGES = 1500
-SEQUENTIAL_IMAGES = 48
+IMAGES = 3000  # per round, all processes together
+LATENCY_MS = 200
+LATENCY_IMAGES = 1600
 SLOW = 500
 OVERSIZED = 40
 MEMORY_IMAGES = 400
@@ -55,25 +70,34 @@ BOMB_POSTS = 16  # four images each: every other post four bombs refused, then f
 
 def run() -> list[Figure]:
     settings = FetcherSettings()
+    cores = available_cpus()
     with tempfile.TemporaryDirectory(prefix="bench-fetcher-") as tmp:
-        files = write_photos(Path(tmp))
-        mix = describe(files)
-        with image_server(Path(tmp)) as port:
-            sequential = sequential_loop(port, DELAY_MS, SEQUENTIAL_IMAGES, settings)
-            delayed = fetcher_per_core(port, DELAY_MS, IMAGES)
-            # Each run is compared with the bound measured right before and right after it (this
-            # machine's speed drifts by 10-20 % within minutes); the median of the rounds is kept.
-            bounds = [decode_bound(files, settings)]
-            fast_runs = []
+        originals = write_originals(Path(tmp) / "originals")
+        served = served_renditions(originals, settings)
+        traffic = {
+            "originals": [f"{w}x{h}" for w, h in ORIGINAL_SIZES],
+            "rendition_asked_for": "small (every original: its short side after fitting 680 is 453-510)",
+            "mean_bytes_original": int(statistics.mean(p.stat().st_size for p in originals)),
+            "mean_bytes_rendition": int(statistics.mean(len(d) for d in served)),
+        }
+        full_size = [p.read_bytes() for p, size in zip(originals, ORIGINAL_SIZES, strict=True) if size == (1200, 800)]
+        decoding = {
+            "originals_1200x800": decoders.rates(full_size, settings.image_size),
+            "small_renditions_served": decoders.rates(served, settings.image_size),
+        }
+        bound_name, bound_per_core = decoders.fastest(decoding["small_renditions_served"])
+        print(f"decoders, single core, images/s: {decoding}", flush=True)
+        sizes = json.dumps(ORIGINAL_SIZES)
+        with image_server(Path(tmp) / "originals", with_renditions=True) as port:
+            rounds = []
             for _ in range(EFFICIENCY_ROUNDS):
-                fast_runs.append(fetcher_per_core(port, 0, IMAGES))
-                bounds.append(decode_bound(files, settings))
-            fast_one_process = fetcher_load(
-                "throughput", "--port", str(port), "--delay-ms", "0", "--images", str(IMAGES)
-            )
-            fast_processes = fetcher_load(
-                "throughput", "--port", str(port), "--delay-ms", "0", "--images", str(IMAGES), "--pool", "process"
-            )
+                run_ = fetcher_per_core(port, 0, IMAGES, sizes)
+                rounds.append(run_ | _efficiency(run_, bound_per_core, cores))
+                print(f"no delay: {rounds[-1]}", flush=True)
+            slow = fetcher_per_core(port, LATENCY_MS, LATENCY_IMAGES, sizes)
+            print(f"{LATENCY_MS} ms: {slow}", flush=True)
+        photos = write_memory_photos(Path(tmp) / "photos")
+        with image_server(photos) as port:
             memory = fetcher_load(
                 "memory", "--port", str(port), "--slow", str(SLOW), "--oversized", str(OVERSIZED),
                 "--images", str(MEMORY_IMAGES),
@@ -83,57 +107,91 @@ def run() -> list[Figure]:
     uncapped = decode_bombs(
         {"FETCHER_MAX_IMAGE_MEMORY_BYTES": str(2**40), "FETCHER_MAX_DECODE_MEMORY_BYTES": str(2**40)}
     )
-    rounds = [
-        _round(run["images_per_s"], before["bound_images_per_s"], after["bound_images_per_s"])
-        for run, (before, after) in zip(fast_runs, itertools.pairwise(bounds), strict=True)
-    ]
-    # EFFICIENCY_ROUNDS is odd: the middle round is the median
-    middle = sorted(range(len(rounds)), key=lambda i: rounds[i]["efficiency"])[len(rounds) // 2]
-    fast, bound = fast_runs[middle], rounds[middle]["bound_images_per_s"]
+    # EFFICIENCY_ROUNDS is odd: the middle round by CPU per image is the median
+    middle = sorted(rounds, key=lambda r: r["cpu_ms_per_image"])[len(rounds) // 2]
+    bound_cpu_ms = 1000 / bound_per_core
+    connection_limit = cores * settings.max_connections_per_host / (LATENCY_MS / 1000)
+    expected = min(bound_per_core * cores, connection_limit)
+    per_core_shape = f"{cores} fetcher processes, one decode thread each (one per core, as deployed)"
     return [
         Figure(
-            "fetcher_speedup_vs_sequential",
-            round(delayed["images_per_s"] / sequential["images_per_s"], 2),
-            "x",
-            "≥ 50",
+            "fetcher_cpu_ms_per_image",
+            middle["cpu_ms_per_image"],
+            "ms",
+            "≤ 3.0",
             {
                 "measured": (
-                    f"fetcher images/s (ImagePipeline.handle: download, decode, resize, Avro record; one "
-                    f"process per core with one decode thread each, as deploy/k8s runs it) ÷ a sequential "
-                    f"loop (requests.Session.get, then the same to_model_input), both against the loopback "
-                    f"server answering each request after {DELAY_MS} ms"
+                    f"CPU (user + system) of the fetcher processes per image, X-like traffic through renditions "
+                    f"at no server delay, {per_core_shape}; median of {EFFICIENCY_ROUNDS} rounds of {IMAGES} images"
                 ),
-                "fetcher": delayed,
-                "sequential": sequential,
-                "ceiling_on_this_machine": round(bound / sequential["images_per_s"], 1),
-                "ceiling_note": "decode bound ÷ sequential rate: no fetcher can pass it on these cores",
-                "images": mix,
+                "event_loop_thread_ms": middle["event_loop_cpu_ms_per_image"],
+                "decode_thread_ms": middle["decode_threads_cpu_ms_per_image"],
+                "rounds": [r["cpu_ms_per_image"] for r in rounds],
+                "run": middle,
+                "traffic": traffic,
+                "not_counted": "TLS (X serves HTTPS; the loopback server speaks plain HTTP), Kafka and the stream loop",
             },
         ),
         Figure(
             "fetcher_decode_efficiency",
-            rounds[middle]["efficiency"],
+            middle["efficiency"],
             "ratio",
-            "≥ 0.8",
+            "≥ 0.85",
             {
                 "measured": (
-                    "fetcher images/s with no server delay (one process per core, one decode thread each, as "
-                    "deploy/k8s runs it) ÷ decode bound; decode bound = single-thread to_model_input images/s "
-                    "(reduced-scale JPEG decode, resize, crop) over the same files, times the cores, the mean "
-                    "of its measurements right before and right after the fetcher run; the median of "
-                    f"{EFFICIENCY_ROUNDS} such rounds"
+                    f"the fastest decode's CPU per image ({bound_name}, single core, over the renditions the "
+                    f"fetcher is served) ÷ the fetcher's CPU per image ({per_core_shape}): the share of the "
+                    f"fetcher's CPU the decode bound needs, which is its images/s ÷ the bound's when both keep "
+                    f"the cores busy. Median of {EFFICIENCY_ROUNDS} rounds"
                 ),
-                "fetcher": fast,
-                "decode_bound_images_per_s": bound,
-                "rounds": rounds,
-                "decode_bounds": bounds,
-                "fetcher_one_process_decode_threads": fast_one_process,
-                "fetcher_one_process_decode_processes": fast_processes,
-                "note": (
-                    "the loopback server runs on the same cores, and the bound assumes every core decodes "
-                    "all the time with nothing else to do"
+                "bound_method": bound_name,
+                "bound_per_core_images_per_s": bound_per_core,
+                "bound_cpu_ms_per_image": round(bound_cpu_ms, 3),
+                "fetcher_cpu_ms_per_image": middle["cpu_ms_per_image"],
+                "rounds": [r["efficiency"] for r in rounds],
+                "wall_clock": {
+                    "fetcher_images_per_s": middle["images_per_s"],
+                    "bound_images_per_s": round(bound_per_core * cores, 1),
+                    "ratio": middle["wall_clock_efficiency"],
+                    "fetcher_cpu_per_wall_second": middle["cpu_per_wall_second"],
+                    "note": "lower when other processes take the cores: the bound's rate is from CPU time",
+                },
+                "decoders_images_per_s_single_core": decoding,
+                "traffic": traffic,
+            },
+        ),
+        Figure(
+            "fetcher_rendition_decode_speedup",
+            round(
+                decoders.fastest(decoding["small_renditions_served"])[1]
+                / decoders.fastest(decoding["originals_1200x800"])[1],
+                2,
+            ),
+            "x",
+            "",
+            {
+                "measured": (
+                    "fastest single-core decode of the small renditions the fetcher is served ÷ the same of "
+                    "1200x800 originals (the smallest originals of the traffic), measured side by side"
                 ),
-                "images": mix,
+                "decoders_images_per_s_single_core": decoding,
+            },
+        ),
+        Figure(
+            "fetcher_concurrency_efficiency",
+            round(slow["images_per_s"] / expected, 3),
+            "ratio",
+            "≥ 0.9",
+            {
+                "measured": (
+                    f"fetcher images/s with the server answering each request after {LATENCY_MS} ms, all from one "
+                    f"host as X serves them, default connection limits, {per_core_shape} ÷ min(decode bound, "
+                    f"connections to the host ÷ latency)"
+                ),
+                "fetcher": slow,
+                "connections_to_one_host": cores * settings.max_connections_per_host,
+                "connection_limit_images_per_s": round(connection_limit, 1),
+                "decode_bound_images_per_s": round(bound_per_core * cores, 1),
             },
         ),
         Figure(
@@ -146,7 +204,7 @@ def run() -> list[Figure]:
                     f"peak RSS (VmHWM, its own since exec) of one fetcher process handling at once: "
                     f"{SLOW} responses sending a byte per second (declaring 2 MB), "
                     f"{OVERSIZED // 2} bodies declaring 50 MB, "
-                    f"{OVERSIZED - OVERSIZED // 2} chunked 30 MB bodies, and {MEMORY_IMAGES} photos"
+                    f"{OVERSIZED - OVERSIZED // 2} chunked 30 MB bodies, and {MEMORY_IMAGES} photos of 1200x800"
                 ),
                 **memory,
             },
@@ -173,97 +231,80 @@ def run() -> list[Figure]:
     ]
 
 
-def write_photos(directory: Path) -> list[Path]:
+def write_originals(directory: Path) -> list[Path]:
+    directory.mkdir()
     paths = []
-    for i in range(PHOTOS):
-        image = photo(i)
-        if i % 12 == 5:
-            path = directory / f"{i:02d}.png"
-            image.save(path, "PNG")
-        elif i % 12 == 11:
-            path = directory / f"{i:02d}.webp"
-            image.save(path, "WEBP", quality=85)
-        else:
-            path = directory / f"{i:02d}.jpg"
-            image.save(path, "JPEG", quality=88)
+    for i, size in enumerate(ORIGINAL_SIZES):
+        path = directory / f"{i:02d}.jpg"
+        photo(i, size).save(path, "JPEG", quality=88)
         paths.append(path)
     return paths
 
 
-def describe(files: list[Path]) -> dict[str, Any]:
-    kinds: dict[str, int] = {}
-    for path in files:
-        kinds[path.suffix[1:]] = kinds.get(path.suffix[1:], 0) + 1
-    sizes = [p.stat().st_size for p in files]
-    return {"count": len(files), "by_type": kinds, "size": "1200x800", "mean_bytes": sum(sizes) // len(sizes)}
+def served_renditions(originals: list[Path], settings: FetcherSettings) -> list[bytes]:
+    """The renditions the fetcher will be served for each original, made as the server makes them."""
+    planner = RenditionPlanner(["pbs.twimg.com"], settings.image_size)
+    out = []
+    for path, (width, height) in zip(originals, ORIGINAL_SIZES, strict=True):
+        chosen = planner.choose("https://pbs.twimg.com/media/x.jpg", width, height)
+        assert chosen is not None
+        out.append(renditions(path.read_bytes())[chosen.name])
+    return out
 
 
-def _round(fetcher: float, bound_before: float, bound_after: float) -> dict[str, float]:
-    """One efficiency round: the fetcher's rate against the bound measured around it."""
-    bound = (bound_before + bound_after) / 2
+def write_memory_photos(directory: Path) -> Path:
+    directory.mkdir()
+    for i in range(MEMORY_PHOTOS):
+        image = photo(i)
+        if i % 12 == 5:
+            image.save(directory / f"{i:02d}.png", "PNG")
+        elif i % 12 == 11:
+            image.save(directory / f"{i:02d}.webp", "WEBP", quality=85)
+        else:
+            image.save(directory / f"{i:02d}.jpg", "JPEG", quality=88)
+    return directory
+
+
+def _efficiency(run: dict[str, Any], bound_per_core: float, cores: int) -> dict[str, float]:
     return {
-        "fetcher_images_per_s": fetcher,
-        "bound_images_per_s": bound,
-        "efficiency": round(fetcher / bound, 3),
-        "efficiency_against_the_higher_bound": round(fetcher / max(bound_before, bound_after), 3),
+        "efficiency": round((1000 / bound_per_core) / run["cpu_ms_per_image"], 3),
+        "wall_clock_efficiency": round(run["images_per_s"] / (bound_per_core * cores), 3),
     }
 
 
-def decode_bound(files: list[Path], settings: FetcherSettings, seconds: float = 2.0) -> dict[str, Any]:
-    """Single-thread images/s of the fetcher's decode over the image set, times this machine's cores."""
-    data = [p.read_bytes() for p in files]
-    for blob in data:
-        to_model_input(blob, settings.image_size, settings.max_pixels)
-    done = 0
-    started = time.perf_counter()
-    while time.perf_counter() - started < seconds or done % len(data):
-        to_model_input(data[done % len(data)], settings.image_size, settings.max_pixels)
-        done += 1
-    per_core = done / (time.perf_counter() - started)
-    cores = available_cpus()
-    return {
-        "per_core_images_per_s": round(per_core, 1),
-        "cores": cores,
-        "bound_images_per_s": round(per_core * cores, 1),
-    }
-
-
-def sequential_loop(port: int, delay_ms: int, count: int, settings: FetcherSettings) -> dict[str, Any]:
-    """The seed's way: one image after the other, download then decode."""
-    with requests.Session() as session:
-        session.get(f"http://127.0.0.1:{port}/img/0/0", timeout=10).raise_for_status()
-        started = time.perf_counter()
-        for n in range(count):
-            response = session.get(f"http://127.0.0.1:{port}/img/{delay_ms}/{n}", timeout=10)
-            response.raise_for_status()
-            to_model_input(response.content, settings.image_size, settings.max_pixels)
-        elapsed = time.perf_counter() - started
-    return {"images": count, "seconds": round(elapsed, 3), "images_per_s": round(count / elapsed, 2)}
-
-
-def fetcher_per_core(port: int, delay_ms: int, images: int) -> dict[str, Any]:
+def fetcher_per_core(port: int, delay_ms: int, images: int, media_sizes: str) -> dict[str, Any]:
     """One fetcher process per core, one decode thread each, timing the same window: a
     process's decode threads share one interpreter lock, so a process per core is how the
     fetcher is deployed (deploy/k8s: one CPU per replica) and how it reaches the cores."""
     cores = available_cpus()
-    start_at = time.time() + 5.0  # after every process has imported and warmed up
+    start_at = time.time() + 8.0  # after every process has imported and warmed up
     args = ("throughput", "--port", str(port), "--delay-ms", str(delay_ms), "--images", str(images // cores))
-    runs = fetcher_loads([[*args, "--workers", "1", "--start-at", str(start_at)] for _ in range(cores)])
-    ok = sum(run["outcomes"].get("ok", 0) for run in runs)
+    runs = fetcher_loads(
+        [[*args, "--workers", "1", "--start-at", str(start_at), "--media-sizes", media_sizes] for _ in range(cores)]
+    )
+    ok: int = sum(run["outcomes"].get("ok", 0) for run in runs)
     starts = [run["started_at"] for run in runs]
     seconds = max(run["ended_at"] for run in runs) - min(starts)
+
+    def per_image(key: str) -> float:
+        total: float = sum(run[key] * run["outcomes"].get("ok", 0) for run in runs)
+        return round(total / max(ok, 1), 3)
+
     return {
         "processes": cores,
         "decode_threads_each": 1,
         "images": sum(run["images"] for run in runs),
+        "outcomes": dict(sum((Counter(run["outcomes"]) for run in runs), Counter())),
         "seconds": round(seconds, 3),
         "images_per_s": round(ok / seconds, 1) if seconds > 0 else 0.0,
-        "cpu_ms_per_image": round(
-            sum(run["cpu_ms_per_image"] * run["outcomes"].get("ok", 0) for run in runs) / max(ok, 1), 2
-        ),
+        "cpu_ms_per_image": per_image("cpu_ms_per_image"),
+        "event_loop_cpu_ms_per_image": per_image("event_loop_cpu_ms_per_image"),
+        "decode_threads_cpu_ms_per_image": per_image("decode_threads_cpu_ms_per_image"),
+        "cpu_per_wall_second": round(sum(run["cpu_seconds_per_wall_second"] for run in runs), 2),
         "images_per_s_each": [run["images_per_s"] for run in runs],
         # how far apart the processes began their timed parts (all should meet `start_at`)
         "start_skew_s": round(max(starts) - min(starts), 3),
+        "load_average_after": os.getloadavg()[0],
     }
 
 
@@ -440,11 +481,11 @@ def _wait_http(url: str, process: subprocess.Popen[bytes], timeout_s: float = 12
 
 
 @contextmanager
-def image_server(directory: Path) -> Iterator[int]:
+def image_server(directory: Path, with_renditions: bool = False) -> Iterator[int]:
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "bench.fetcher_server", "--dir", str(directory), "--port", str(port),
-         "--addresses", str(LOOPBACK_ADDRESSES)],
+         "--addresses", str(LOOPBACK_ADDRESSES), *(["--renditions"] if with_renditions else [])],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:

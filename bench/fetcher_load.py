@@ -1,7 +1,7 @@
 """One fetcher process under one load, for the fetcher benchmark; prints its figures as JSON.
 
     python -m bench.fetcher_load throughput --port P --delay-ms 50 --images 1500 [--pool thread|process]
-        [--workers N] [--start-at T]
+        [--workers N] [--start-at T] [--media-sizes "[[w, h], ...]"]
     python -m bench.fetcher_load memory --port P --slow 500 --oversized 40 --images 400
 
 Both drive the service's own code, `ImagePipeline.handle` over a `Fetcher` and a decode pool,
@@ -34,10 +34,11 @@ from services.fetcher.pipeline import ImagePipeline
 from services.fetcher.settings import FetcherSettings
 
 
-def post(n: int, url: str) -> dict[str, Any]:
+def post(n: int, url: str, size: tuple[int, int] | None = None) -> dict[str, Any]:
+    width, height = size or (None, None)
     return {
         "tweet_id": str(1_800_000_000_000_000_000 + n),
-        "media": [{"media_key": f"3_{n}", "url": url}],
+        "media": [{"media_key": f"3_{n}", "url": url, "width": width, "height": height}],
         "post_url": f"https://x.com/bench/status/{n}",
         "text": "bench",
         "author_username": "bench",
@@ -77,29 +78,55 @@ def process_cpu_seconds() -> float:
     return cpu_seconds(pids=(os.getpid(), *children))
 
 
+def thread_cpu_seconds(pool: Executor) -> float:
+    """CPU seconds so far of the threads of a one-thread pool (0 for a process pool: counted apart)."""
+    if not isinstance(pool, ThreadPoolExecutor):
+        return 0.0
+    return sum(pool.submit(time.thread_time).result() for _ in range(pool._max_workers))
+
+
 async def throughput(
-    port: int, delay_ms: int, images: int, pool_kind: str, workers: int | None, start_at: float = 0.0
+    port: int,
+    delay_ms: int,
+    images: int,
+    pool_kind: str,
+    workers: int | None,
+    start_at: float = 0.0,
+    media_sizes: list[tuple[int, int]] | None = None,
 ) -> dict[str, Any]:
     """Images/s of the pipeline; with `start_at` (a wall-clock time), the timed part waits for
-    it after the warm-up, so several processes measure the same window."""
+    it after the warm-up, so several processes measure the same window. With `media_sizes` (the
+    originals' sizes, in the server's order), the posts are X's: `/media/` URLs whose media items
+    carry their sizes, and the fetcher asks the server for renditions as it asks X."""
     settings = FetcherSettings(allow_private_networks=True)  # local mode: the image server is on loopback
     if workers:
         settings.decode_workers = workers
-    base = f"http://127.0.0.1:{port}/img/{delay_ms}"
+    if media_sizes:
+        settings.rendition_hosts = ["127.0.0.1"]
+        base = f"http://127.0.0.1:{port}/media/{delay_ms}"
+    else:
+        base = f"http://127.0.0.1:{port}/img/{delay_ms}"
+
+    def make(n: int) -> dict[str, Any]:
+        return post(n, f"{base}/{n}", media_sizes[n % len(media_sizes)] if media_sizes else None)
+
     with decode_pool(pool_kind, settings.decode_workers) as pool:
         async with Fetcher(settings) as fetcher:
             pipeline = ImagePipeline(settings, fetcher, pool)
-            warm_up = [post(n, f"{base}/{n}") for n in range(-4 * settings.decode_workers, 0)]
+            warm_up = [make(n) for n in range(-4 * settings.decode_workers, 0)]
             await run_posts(pipeline, warm_up, settings.max_in_flight)
-            posts = [post(n, f"{base}/{n}") for n in range(images)]
+            posts = [make(n) for n in range(images)]
             await asyncio.sleep(max(0.0, start_at - time.time()))
             started_at = time.time()
             cpu_before, own_before = process_cpu_seconds(), cpu_seconds(pids=(os.getpid(),))
+            loop_before, decode_before = time.thread_time(), thread_cpu_seconds(pool)
             started = time.perf_counter()
             outcomes = await run_posts(pipeline, posts, settings.max_in_flight)
             elapsed = time.perf_counter() - started
+            loop_cpu, decode_cpu = time.thread_time() - loop_before, thread_cpu_seconds(pool) - decode_before
             cpu = process_cpu_seconds() - cpu_before
             own = cpu_seconds(pids=(os.getpid(),)) - own_before
+    ok = max(outcomes["ok"], 1)
     return {
         "images": images,
         "seconds": round(elapsed, 3),
@@ -108,7 +135,9 @@ async def throughput(
         "ended_at": started_at + elapsed,
         "outcomes": dict(outcomes),
         "cpu_seconds_per_wall_second": round(cpu / elapsed, 2),
-        "cpu_ms_per_image": round(1000 * cpu / max(outcomes["ok"], 1), 2),
+        "cpu_ms_per_image": round(1000 * cpu / ok, 3),
+        "event_loop_cpu_ms_per_image": round(1000 * loop_cpu / ok, 3),
+        "decode_threads_cpu_ms_per_image": round(1000 * decode_cpu / ok, 3),
         "event_loop_process_cpu_per_wall_second": round(own / elapsed, 2),
         "decode_pool": f"{settings.decode_workers} {'processes' if pool_kind == 'process' else 'threads'}",
         "max_in_flight_posts": settings.max_in_flight,
@@ -200,6 +229,7 @@ def main() -> None:
     fast.add_argument("--pool", choices=["thread", "process"], default="thread")
     fast.add_argument("--workers", type=int, default=None, help="decode workers (default: FETCHER_DECODE_WORKERS)")
     fast.add_argument("--start-at", type=float, default=0.0, help="wall-clock time to start the timed part at")
+    fast.add_argument("--media-sizes", type=json.loads, default=None, help="JSON [[w, h], ...]: X-like posts")
     mem = sub.add_parser("memory")
     mem.add_argument("--port", type=int, required=True)
     mem.add_argument("--slow", type=int, default=500)
@@ -207,7 +237,10 @@ def main() -> None:
     mem.add_argument("--images", type=int, default=400)
     args = parser.parse_args()
     if args.load == "throughput":
-        result = asyncio.run(throughput(args.port, args.delay_ms, args.images, args.pool, args.workers, args.start_at))
+        sizes = [tuple(size) for size in args.media_sizes] if args.media_sizes else None
+        result = asyncio.run(
+            throughput(args.port, args.delay_ms, args.images, args.pool, args.workers, args.start_at, sizes)
+        )
     else:
         result = asyncio.run(memory(args.port, args.slow, args.oversized, args.images))
     print(json.dumps(result))
