@@ -17,9 +17,9 @@ from pydantic_settings import BaseSettings
 from services.classifier.settings import ClassifierSettings
 from services.common.settings import ServiceSettings, StreamSettings
 from services.common.stages import PIPELINE_TOPICS, stage
-from services.fetcher.settings import FetcherSettings
 from services.ingest.settings import IngestSettings
 from services.sink.settings import SinkSettings
+from tests.stage_settings import settings_classes
 
 from .manifests import (
     ROOT,
@@ -35,12 +35,7 @@ from .manifests import (
     workloads,
 )
 
-SERVICES: dict[str, type[ServiceSettings]] = {
-    "ingest": IngestSettings,
-    "fetcher": FetcherSettings,
-    "classifier": ClassifierSettings,
-    "sink": SinkSettings,
-}
+SERVICES: dict[str, type[ServiceSettings]] = settings_classes()
 TOPICS = {spec.name: spec for spec in PIPELINE_TOPICS}
 NAMESPACE = "tagstream"
 

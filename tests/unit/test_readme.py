@@ -5,11 +5,8 @@ from pathlib import Path
 import pytest
 from pydantic_settings import BaseSettings
 
-from services.classifier.settings import ClassifierSettings
 from services.common.settings import KafkaSettings, StreamSettings
-from services.fetcher.settings import FetcherSettings
-from services.ingest.settings import IngestSettings
-from services.sink.settings import SinkSettings
+from tests.stage_settings import settings_classes
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 SHARED = set(StreamSettings.model_fields)  # documented once, as <SERVICE>_NAME
@@ -26,7 +23,7 @@ def variables(settings: type[BaseSettings]) -> list[str]:
     return names
 
 
-@pytest.mark.parametrize("settings", [KafkaSettings, IngestSettings, FetcherSettings, ClassifierSettings, SinkSettings])
+@pytest.mark.parametrize("settings", [KafkaSettings, *settings_classes().values()])
 def test_every_variable_is_in_the_configuration_table(settings: type[BaseSettings]) -> None:
     prefix = str(settings.model_config.get("env_prefix", ""))
     missing = []

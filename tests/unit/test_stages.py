@@ -10,20 +10,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services.classifier.settings import ClassifierSettings
 from services.common.settings import StreamSettings
 from services.common.stages import PIPELINE_TOPICS, STAGES, downstream_group, reader_of, stage
-from services.fetcher.settings import FetcherSettings
 from services.ingest.settings import IngestSettings
-from services.sink.settings import SinkSettings
+from tests.stage_settings import settings_classes
 
 ROOT = Path(__file__).resolve().parents[2]
-SETTINGS = {
-    "ingest": IngestSettings,
-    "fetcher": FetcherSettings,
-    "classifier": ClassifierSettings,
-    "sink": SinkSettings,
-}
+SETTINGS = settings_classes()
 
 
 @pytest.fixture
