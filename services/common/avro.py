@@ -37,6 +37,10 @@ from .errors import RecordError
 
 MARKER = b"\xc3\x01"
 HEADER_LENGTH = len(MARKER) + 8
+#: array and map items one record may hold, all together. fastavro builds a Python object per
+#: item, and an item can take 2 bytes on the wire: without a cap a 1 MiB record decoded to
+#: 104 MiB. The records of this pipeline hold tens (media, matching rules, one score per label).
+MAX_ITEMS = 10_000
 SCHEMAS = Path(str(resources.files(__package__).joinpath("schemas")))
 
 Record = dict[str, Any]
@@ -48,6 +52,10 @@ class AvroDecodeError(RecordError):
 
     def __init__(self, detail: str, reason: str = "bad_avro") -> None:
         super().__init__(reason, detail)
+
+
+class MalformedBody(ValueError):
+    """What `body_check` finds wrong with a body, before fastavro reads it."""
 
 
 class UnknownSchemaError(AvroDecodeError):
@@ -75,9 +83,11 @@ class Codec:
     #: where the record holds its envelope (priority, ingest time): the keys leading to it
     envelope_at: tuple[str, ...] = ()
     _by_fingerprint: dict[bytes, int] = field(init=False, repr=False, compare=False)
+    _checks: tuple[Callable[[bytes, int], None], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_fingerprint", {v.fingerprint: i for i, v in enumerate(self.versions)})
+        object.__setattr__(self, "_checks", tuple(body_check(v.schema) for v in self.versions))
 
     @property
     def current(self) -> SchemaVersion:
@@ -101,7 +111,12 @@ class Codec:
         body = io.BytesIO(data)  # shares the bytes: no copy of a large body
         body.seek(HEADER_LENGTH)
         try:
+            # fastavro trusts what it reads: it makes an object per array item, whatever their
+            # number, and reads Avro's 32-bit ints as longs. The body is checked first.
+            self._checks[index](data, HEADER_LENGTH)
             return self._read(body, index)
+        except MalformedBody as exc:
+            raise AvroDecodeError(f"malformed {self.name} body: {exc}") from None
         except fastavro.read.SchemaResolutionError as exc:  # a released version this one cannot read
             raise AvroDecodeError(f"{self.name} v{self.versions[index].version} is not readable: {exc}") from exc
         except (EOFError, ValueError, IndexError, UnicodeDecodeError, KeyError, TypeError) as exc:
@@ -153,6 +168,123 @@ def _encode(version: SchemaVersion, record: Record) -> bytes:
     buffer.write(version.fingerprint)
     fastavro.schemaless_writer(buffer, version.schema, record)
     return buffer.getvalue()
+
+
+Check = Callable[["_Cursor"], None]
+
+
+def body_check(schema: Any) -> Callable[[bytes, int], None]:
+    """A check that refuses (MalformedBody) a body that is not exactly one value of `schema`, or
+    that holds more than `MAX_ITEMS` array and map items, by reading its structure without
+    building any value. Also refused, though fastavro would read them: an `int` outside 32 bits, a
+    number over 64 bits or 10 bytes, bytes after the value. UTF-8 is left to fastavro."""
+    check = _compile(schema, {})
+
+    def run(data: bytes, start: int) -> None:
+        cursor = _Cursor(data, start)
+        check(cursor)
+        if cursor.pos != len(data):
+            raise MalformedBody(f"{len(data) - cursor.pos} bytes after the record")
+
+    return run
+
+
+class _Cursor:
+    def __init__(self, data: bytes, pos: int) -> None:
+        self.data, self.pos, self.items = data, pos, 0
+
+    def long(self) -> int:
+        result = shift = 0
+        while True:
+            if self.pos >= len(self.data):
+                raise MalformedBody("the body ends inside a number")
+            byte = self.data[self.pos]
+            self.pos += 1
+            result |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                if result >> 64:
+                    raise MalformedBody("a number over 64 bits")
+                return (result >> 1) ^ -(result & 1)
+            shift += 7
+            if shift > 63:
+                raise MalformedBody("a number longer than 10 bytes")
+
+    def skip(self, length: int) -> None:
+        if not 0 <= length <= len(self.data) - self.pos:
+            raise MalformedBody(f"a length of {length} with {len(self.data) - self.pos} bytes left")
+        self.pos += length
+
+    def sized(self) -> None:
+        self.skip(self.long())
+
+    def int64(self) -> None:
+        self.long()
+
+    def int32(self) -> None:
+        if not -(2**31) <= self.long() < 2**31:
+            raise MalformedBody("an int outside 32 bits")
+
+    def count(self, items: int) -> None:
+        self.items += items
+        if self.items > MAX_ITEMS:
+            raise MalformedBody(f"more than {MAX_ITEMS} array and map items")
+
+
+_FIXED_WIDTH: Mapping[str, int] = {"null": 0, "boolean": 1, "float": 4, "double": 8}
+
+
+def _compile(schema: Any, named: dict[str, Check]) -> Check:
+    """The check of one (parsed) schema, made once per schema version: closures, not a walk of
+    the schema per record, which took as long as the decode itself."""
+    if isinstance(schema, list):
+        branches = [_compile(branch, named) for branch in schema]
+
+        def union(cursor: _Cursor) -> None:
+            index = cursor.long()
+            if not 0 <= index < len(branches):
+                raise MalformedBody(f"union branch {index} of {len(branches)}")
+            branches[index](cursor)
+
+        return union
+    kind = schema if isinstance(schema, str) else schema["type"]
+    if isinstance(kind, dict | list):  # {"type": <a schema>}
+        return _compile(kind, named)
+    if kind in named:  # a named type met before
+        return lambda cursor: named[kind](cursor)
+    if kind in _FIXED_WIDTH or kind == "fixed":
+        width = _FIXED_WIDTH[kind] if kind in _FIXED_WIDTH else schema["size"]
+        return lambda cursor: cursor.skip(width)
+    simple: dict[str, Check] = {"int": _Cursor.int32, "long": _Cursor.int64, "enum": _Cursor.int64}
+    simple |= {"string": _Cursor.sized, "bytes": _Cursor.sized}
+    if kind in simple:
+        return simple[kind]
+    if kind == "record":
+        fields: list[Check] = []
+
+        def record(cursor: _Cursor) -> None:
+            for check in fields:
+                check(cursor)
+
+        named[schema["name"]] = record  # before its fields, which may name it
+        fields.extend(_compile(f["type"], named) for f in schema["fields"])
+        return record
+    if kind in ("array", "map"):
+        keyed = kind == "map"
+        item = _compile(schema["values"] if keyed else schema["items"], named)
+
+        def blocks(cursor: _Cursor) -> None:
+            while count := cursor.long():
+                if count < 0:  # a negative count is followed by the block's size in bytes
+                    count = -count
+                    cursor.long()
+                cursor.count(count)
+                for _ in range(count):
+                    if keyed:
+                        cursor.sized()
+                    item(cursor)
+
+        return blocks
+    raise ValueError(f"no check for Avro type {kind!r}")
 
 
 def fingerprint64(schema: Any) -> bytes:
