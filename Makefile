@@ -91,10 +91,13 @@ image:  ## the container image of the four services, built with buildah (scripts
 status:  ## what is running
 	scripts/stack.sh status
 
+# The replay's counters are scraped by the local Prometheus while it runs (services/ingest/scrape.py).
 replay: $(STACK_STAMP)  ## replay a recorded stream: make replay FILE=path [RATE=posts/s] [load shape: see README]
 	$(PY) -m services.ingest replay $(FILE) --rate $(RATE) $(if $(DURATION),--duration $(DURATION) \
 		--burst $(or $(BURST),1) --burst-start $(or $(BURST_START),0) --burst-seconds $(or $(BURST_SECONDS),0) \
-		--high-share $(or $(HIGH_SHARE),0.2) $(if $(THROTTLE),--throttle $(THROTTLE)))
+		--high-share $(or $(HIGH_SHARE),0.2) $(if $(THROTTLE),--throttle $(THROTTLE))) \
+		--metrics-port 0 --register $(or $(RUN_DIR),.run)/prometheus/targets \
+		--prometheus http://127.0.0.1:$(or $(PROMETHEUS_PORT),9090)
 
 .PHONY: redrive
 redrive: $(STACK_STAMP)  ## dead letters back on their source topic: make redrive TOPIC=images.dlq [REASON=a,b] [SINCE=2h] [DRY_RUN=1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -12,7 +13,12 @@ from pathlib import Path
 from typing import Any
 
 SINK_API = "http://localhost:8080/api/predictions"
-MODEL_INFO = Path(__file__).resolve().parents[1] / "model_repository" / "gpu" / "resnet50" / "1" / "model.json"
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_INFO = ROOT / "model_repository" / "gpu" / "resnet50" / "1" / "model.json"
+# As `make replay`: the local Prometheus scrapes the replay, so ingest's panels show it.
+RUN_DIR = ROOT / os.environ.get("RUN_DIR", ".run")
+SCRAPED = ["--metrics-port", "0", "--register", str(RUN_DIR / "prometheus" / "targets")]
+SCRAPED += ["--prometheus", f"http://127.0.0.1:{os.environ.get('PROMETHEUS_PORT', '9090')}"]
 
 
 def model_notice() -> str | None:
@@ -56,7 +62,7 @@ def main() -> None:
     started_ms = int(time.time() * 1000)
     print("open the gallery: http://localhost:8080/ (predictions appear live)", flush=True)
     print(f"replaying {args.file}: {len(wanted)} images to classify", flush=True)
-    subprocess.run([sys.executable, "-m", "services.ingest", "replay", str(args.file)], check=True)
+    subprocess.run([sys.executable, "-m", "services.ingest", "replay", str(args.file), *SCRAPED], check=True)
     seen: dict[tuple[str, str], dict[str, Any]] = {}
     deadline = time.monotonic() + args.timeout
     while len(seen) < len(wanted) and time.monotonic() < deadline:

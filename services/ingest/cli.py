@@ -23,6 +23,7 @@ from .live import stream_client
 from .loadshape import LoadShape, Throttle
 from .produce import PayloadFile, PayloadProducer
 from .redact import redact_secrets
+from .scrape import Scrape
 from .service import priorities, service
 from .service import replay as replay_file
 from .settings import IngestSettings
@@ -98,6 +99,13 @@ def main() -> None:
     shape.add_argument("--burst-seconds", type=float, default=0.0, help="length of the burst")
     shape.add_argument("--high-share", type=float, default=0.2, help="share of posts given a high-priority rule")
     shape.add_argument("--throttle", type=Throttle.parse, help="N/S: send at most N posts per S-second window")
+    scraping = replaying.add_argument_group("metrics (services/ingest/scrape.py): have a Prometheus scrape the replay")
+    scraping.add_argument(
+        "--metrics-port", type=int, help="serve /metrics on this port while replaying (0: a free one)"
+    )
+    scraping.add_argument("--register", type=Path, help="a Prometheus file-discovery directory to register in")
+    scraping.add_argument("--prometheus", help="that Prometheus's URL: wait for its first and final scrapes")
+    scraping.add_argument("--linger", type=float, default=30.0, help="longest wait for each of those scrapes (s)")
     rules = sub.add_parser("rules", help="make the stream's rules match the rules file")
     rules.add_argument("--dry-run", action="store_true", help="print the changes and validate them; change nothing")
     back = sub.add_parser("backfill", help="recent search into the tweets topic, or into a replay file")
@@ -114,8 +122,11 @@ def main() -> None:
         load = None
         if args.duration is not None:
             load = LoadShape(args.rate, args.duration, args.burst, args.burst_start, args.burst_seconds)
+        scrape = None
+        if args.metrics_port is not None:
+            scrape = Scrape(args.metrics_port, args.register, args.prometheus, args.linger)
         result: dict[str, Any] = asyncio.run(
-            replay_file(settings, args.file, args.rate, load, args.high_share, args.throttle)
+            replay_file(settings, args.file, args.rate, load, args.high_share, args.throttle, scrape)
         )
     elif args.command == "rules":
         _token(settings)

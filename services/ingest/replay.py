@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from services.common import metrics
 from services.common.kafka import AsyncProducer
 
 from .loadshape import LoadShape, Throttle, shaped_payloads
 from .payload import PayloadError, parse_line
-from .produce import PayloadProducer, Tally
+from .produce import STAGE, PayloadProducer, Tally
 from .settings import IngestSettings
 
 #: what a replay reports: lines read, records produced, posts without images, dead letters by reason
@@ -93,6 +95,22 @@ async def replay_shaped(
             await _settle(pending)
     await _settle(pending)
     return sender.tally
+
+
+#: the dead-letter reasons a replay can count: a line that is not a post (services/ingest/payload.py,
+#: produce.py); `line_too_long` is the live stream's only
+DEAD_LETTER_REASONS = ("bad_json", "bad_encoding", "not_a_post", "bad_post", "too_large")
+
+
+def zero_series(settings: IngestSettings) -> list[Callable[[], object]]:
+    """The labelled series a replay counts, to be created at 0 before it starts: a series born
+    with its first increment has no earlier sample, and `rate()` sees nothing of a short run."""
+    return [
+        partial(metrics.RECORDS_CONSUMED.labels, STAGE, "replay"),
+        partial(metrics.RECORDS_PRODUCED.labels, STAGE, settings.output_topic),
+        partial(metrics.RECORDS_SKIPPED.labels, STAGE, "no_images"),
+        *(partial(metrics.DEAD_LETTERS.labels, STAGE, reason) for reason in DEAD_LETTER_REASONS),
+    ]
 
 
 def read_payloads(path: Path) -> list[dict[str, Any]]:

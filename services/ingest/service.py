@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
@@ -14,7 +15,8 @@ from . import rules as stream_rules
 from .live import run_live
 from .loadshape import LoadShape, Throttle
 from .redact import redact_secrets
-from .replay import read_lines, read_payloads, replay_lines, replay_shaped
+from .replay import read_lines, read_payloads, replay_lines, replay_shaped, zero_series
+from .scrape import Scrape, scraped
 from .settings import IngestSettings
 
 
@@ -30,17 +32,24 @@ async def replay(
     shape: LoadShape | None = None,
     high_share: float = 0.2,
     throttle: Throttle | None = None,
+    scrape: Scrape | None = None,
 ) -> dict[str, object]:
-    producer = AsyncProducer(producer_config(settings.kafka, "tagstream-ingest-replay"))
-    try:
-        if shape is None:
-            summary = await replay_lines(read_lines(path), settings, producer, rate, priorities(settings))
-        else:
-            summary = await replay_shaped(
-                read_payloads(path), shape, high_share, settings, producer, priorities(settings), throttle=throttle
-            )
-    finally:
-        await producer.close()
+    """Replay `path`; with `scrape`, its counters are served and scraped from start to end
+    (services/ingest/scrape.py), as the `make replay` command does. The service's own replay
+    (`INGEST_REPLAY_FILE`) needs none: the service is scraped on its port."""
+    async with contextlib.AsyncExitStack() as stack:
+        if scrape is not None:
+            await stack.enter_async_context(scraped(scrape, zero_series(settings)))
+        producer = AsyncProducer(producer_config(settings.kafka, "tagstream-ingest-replay"))
+        try:
+            if shape is None:
+                summary = await replay_lines(read_lines(path), settings, producer, rate, priorities(settings))
+            else:
+                summary = await replay_shaped(
+                    read_payloads(path), shape, high_share, settings, producer, priorities(settings), throttle=throttle
+                )
+        finally:
+            await producer.close()
     return dataclasses.asdict(summary)
 
 
