@@ -73,6 +73,7 @@ async def test_every_replica_streams_what_any_replica_stores(kafka: None, databa
                     "SINK_GROUP_ID": topic,
                     "SINK_INPUT_TOPIC": topic,
                     "SINK_DATABASE_URL": database_url,
+                    "SINK_INSTANCE_ID": f"sink-{n}",  # two static members on one host
                 }
                 replicas.enter_context(service("sink", env, tmp_path / f"sink-{n}.log", metrics_port))
             await asyncio.to_thread(wait_for_split, admin, topic)
