@@ -9,6 +9,12 @@ Only Kafka's own bookkeeping is read: the group's committed offsets and the topi
 watermarks. Seconds behind come from a `WriteClock` per partition, which learns when each offset
 was written by sampling the high watermark over time (the interpolation Kafka lag exporters
 use), so no record needs to be read and no other service needs to be asked.
+
+They are read with a consumer that carries the group's id but never joins it (it neither
+subscribes nor is assigned anything), not with the admin client: librdkafka's admin group calls
+abort the whole process when they time out while a broker is down
+(confluentinc/librdkafka#4605, `rd_kafka_enq_once_del_source_return`), which the fetcher did
+when the broker restarted.
 """
 
 from __future__ import annotations
@@ -21,8 +27,7 @@ import time
 from collections import deque
 from collections.abc import Mapping
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from . import metrics
 from .settings import KafkaSettings
@@ -133,7 +138,10 @@ class DownstreamWatch:
         self.grace_s = grace_s
         self._lag = Lag(0, 0.0)
         self._measured_at = 0.0  # monotonic
-        self._admin = AdminClient(kafka.client_config())
+        self._reader = Consumer(
+            kafka.client_config()
+            | {"group.id": group, "enable.auto.commit": False, "client.id": f"tagstream-{stage}-downstream-watch"}
+        )
         self._clocks: dict[int, WriteClock] = {}
         self._records = metrics.DOWNSTREAM_LAG.labels(stage, topic, group)
         self._seconds = metrics.DOWNSTREAM_LAG_SECONDS.labels(stage, topic, group)
@@ -158,33 +166,25 @@ class DownstreamWatch:
                 await asyncio.wait_for(stop.wait(), self.interval_s)
 
     async def poll_once(self) -> Lag:
-        partitions = await self._partitions()
-        highs = await self._highs(partitions)
+        highs, committed = await asyncio.to_thread(self._look)
         now = time.monotonic()
         for partition, high in highs.items():
             self._clocks.setdefault(partition, WriteClock()).observe(high, now)
-        committed = await self._committed(partitions)
         self._lag = group_lag(committed, self._clocks, now, self.grace_s)
         self._measured_at = time.monotonic()
         self._records.set(self._lag.records)
         self._seconds.set(self._lag.seconds)
         return self._lag
 
-    async def _partitions(self) -> list[int]:
-        metadata = await asyncio.to_thread(self._admin.list_topics, self.topic, timeout=self.timeout_s)
-        topic = metadata.topics.get(self.topic)
-        if topic is None or topic.error is not None:
-            raise KafkaException(topic.error if topic is not None else f"no topic {self.topic}")
-        return sorted(topic.partitions)
-
-    async def _highs(self, partitions: list[int]) -> dict[int, int]:
-        latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
-        request = {TopicPartition(self.topic, p): latest for p in partitions}
-        futures = self._admin.list_offsets(request, request_timeout=self.timeout_s)
-        return {tp.partition: (await asyncio.wrap_future(f)).offset for tp, f in futures.items()}
-
-    async def _committed(self, partitions: list[int]) -> dict[int, int]:
-        request = [ConsumerGroupTopicPartitions(self.group, [TopicPartition(self.topic, p) for p in partitions])]
-        futures = self._admin.list_consumer_group_offsets(request, request_timeout=self.timeout_s)
-        result = await asyncio.wrap_future(futures[self.group])
-        return {tp.partition: tp.offset for tp in result.topic_partitions if tp.offset >= 0}
+    def _look(self) -> tuple[dict[int, int], dict[int, int]]:
+        """The topic's high watermarks and the group's committed offsets, by partition (blocking)."""
+        metadata = self._reader.list_topics(self.topic, timeout=self.timeout_s).topics.get(self.topic)
+        if metadata is None or metadata.error is not None:
+            raise KafkaException(metadata.error if metadata is not None else f"no topic {self.topic}")
+        partitions = [TopicPartition(self.topic, p) for p in sorted(metadata.partitions)]
+        highs = {
+            tp.partition: self._reader.get_watermark_offsets(tp, timeout=self.timeout_s, cached=False)[1]
+            for tp in partitions
+        }
+        committed = self._reader.committed(partitions, timeout=self.timeout_s)
+        return highs, {tp.partition: tp.offset for tp in committed if tp.offset >= 0}
