@@ -115,6 +115,7 @@ class ExactlyOnce:
         self.on_fatal = on_fatal
         self.commit_interval_s = commit_interval_s
         self.backoff = backoff
+        self.commit_timeout_s = 10.0
         self.positions: Positions[_Released] = Positions()
         self._open = False  # a transaction is open and taking records
         self._waiting: list[_Released] = []  # released while a commit ran: for the next transaction
@@ -146,9 +147,10 @@ class ExactlyOnce:
     async def lost(self, consumer: Any, partitions: Iterable[TP]) -> None:
         # The open transaction may hold outputs of the lost partitions, whose offsets are no
         # longer ours to commit: it is aborted, and the partitions still ours read again.
+        lost = set(partitions)
         async with self._lock:
-            self.positions.revoke(partitions)
-            await self._abort_and_rewind(consumer, "partitions lost")
+            self.positions.revoke(lost)
+            await self._abort_and_rewind(consumer, "partitions lost", keep_out=lost)
             await self._begin()
 
     def _write(self, released: _Released) -> None:
@@ -215,8 +217,9 @@ class ExactlyOnce:
                 )
                 await asyncio.sleep(delay)
 
-    async def _abort_and_rewind(self, consumer: Any, why: str) -> None:
-        """Abort the open transaction and read every partition again from its committed position."""
+    async def _abort_and_rewind(self, consumer: Any, why: str, keep_out: set[TP] | None = None) -> None:
+        """Abort the open transaction and read every partition (but `keep_out`) again from its
+        committed position."""
         log.warning("transaction aborted, input rewound", extra={"fields": {"stage": self.stage, "why": why[:500]}})
         metrics.TRANSACTIONS.labels(self.stage, "aborted").inc()
         self._open = False
@@ -225,16 +228,33 @@ class ExactlyOnce:
         self.positions.reset()
         try:
             await self._retrying(self.producer.abort_transaction)
-        except KafkaException as exc:
-            if exc.args[0].fatal():
-                self._fail(exc.args[0])
-                return
-            raise
-        assignment = await consumer.assignment()
-        if assignment:
-            for committed in await consumer.committed(assignment):
-                offset = committed.offset if committed.offset >= 0 else OFFSET_BEGINNING
-                await consumer.seek(TopicPartition(committed.topic, committed.partition, offset))
+        except KafkaException as exc:  # not retriable: the producer is in no state to go on
+            self._fail(exc.args[0])
+            return
+        partitions = [p for p in await consumer.assignment() if (p.topic, p.partition) not in (keep_out or set())]
+        if partitions:
+            await self._rewind(consumer, partitions)
+
+    async def _rewind(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        """Seek `partitions` to their committed positions; the group coordinator may be moving
+        (a broker restarting), so asking is retried until it answers."""
+        attempt = 0
+        while True:
+            try:
+                committed = await consumer.committed(partitions, timeout=self.commit_timeout_s)
+                break
+            except KafkaException as exc:
+                delay = self.backoff.delay(attempt)
+                attempt += 1
+                fields = {"error": str(exc), "retry_in_s": delay}
+                log.warning("committed positions unknown, asking again", extra={"fields": fields})
+                await asyncio.sleep(delay)
+        for position in committed:
+            offset = position.offset if position.offset >= 0 else OFFSET_BEGINNING
+            try:
+                await consumer.seek(TopicPartition(position.topic, position.partition, offset))
+            except KafkaException as exc:  # taken away meanwhile: its next owner reads it
+                log.info("not rewound", extra={"fields": {"partition": position.partition, "error": str(exc)}})
 
     async def _begin(self) -> None:
         if self._failed:

@@ -92,6 +92,8 @@ class FakeConsumer:
         self.pause_calls = 0
         self.resume_calls = 0
         self.seeks: list[tuple[TP, int]] = []
+        #: errors the next calls to `committed` raise, in order (a coordinator moving)
+        self.committed_errors: list[KafkaError] = []
         self.closed = False
         self._events: list[tuple[str, list[TP]]] = [("assign", list(partitions))]
         self._callbacks: dict[str, Callback] = {}
@@ -143,6 +145,8 @@ class FakeConsumer:
         return self  # what a transaction commits offsets for
 
     async def committed(self, partitions: list[TopicPartition], timeout: float = -1) -> list[TopicPartition]:  # noqa: ASYNC109
+        if self.committed_errors:
+            raise KafkaException(self.committed_errors.pop(0))
         return [
             TopicPartition(p.topic, p.partition, self.committed_offsets.get((p.topic, p.partition), -1001))
             for p in partitions

@@ -144,6 +144,29 @@ async def test_lost_partitions_abort_the_open_transaction() -> None:
     assert_each_transaction_holds_the_outputs_of_its_offsets(h)
 
 
+async def test_a_loss_while_the_coordinator_moves_rewinds_once_it_answers() -> None:
+    gates = Gates()
+
+    def setup(h: Harness) -> None:
+        h.put("a0", partition=0)
+        h.put("b0", partition=1)
+        not_coordinator = KafkaError(KafkaError.NOT_COORDINATOR, "Not coordinator")
+        h.consumer.committed_errors = [not_coordinator, not_coordinator]
+
+    async with running(gates.handle, partitions=(P0, P1), setup=setup, exactly_once=True) as h:
+        await eventually("both in flight", lambda: len(gates.calls) == 2)
+        h.consumer.lose([P1])
+        await eventually("rewound after the coordinator answered", lambda: bool(h.consumer.seeks))
+        assert h.consumer.committed_errors == []
+        assert [tp for tp, _ in h.consumer.seeks] == [P0], "only the partition still assigned is rewound"
+        gates.open("b0")
+        await eventually("a0 read again", lambda: gates.calls.get("a0") == 2)
+        gates.open("a0", call=1)
+        gates.open("a0", call=2)
+        await eventually("a0 committed", lambda: h.written(OUT) == ["a0"])
+    assert not h.fatal
+
+
 async def test_a_fatal_error_ends_the_process() -> None:
     async def handle(record: Record) -> list[Output]:
         return [Output(OUT, b"ok", key=record["tweet_id"])]
