@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import settings
-from hypothesis.errors import InvalidArgument
 
 from services.sink.postgres_store import PostgresStore
 from services.sink.sqlite_store import SqliteStore
@@ -17,13 +14,6 @@ from services.sink.store import Store
 from . import postgres
 
 ROOT = postgres.ROOT
-
-# `make fuzz` (HYPOTHESIS_PROFILE=fuzz) runs the property tests longer; tests/sink/fuzzing.py.
-try:
-    settings.get_profile("fuzz")
-except InvalidArgument:  # not registered by a wider conftest
-    settings.register_profile("fuzz", max_examples=2_000, deadline=None, print_blob=True)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(scope="session")

@@ -65,6 +65,7 @@ def test_a_url_libpq_cannot_read_is_refused_without_quoting_the_password(
 _passwords = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=20)
 
 
+@pytest.mark.fuzz
 @settings(**budget(200))
 @given(password=_passwords, in_query=st.booleans())
 def test_libpq_gets_the_same_connection_parameters(password: str, in_query: bool) -> None:
