@@ -218,6 +218,8 @@ def run() -> list[Figure]:
                 "alone": alone, "pipeline": pipeline, "n": n, "batch": batch, "in_flight": in_flight,
                 "alone_runs": alone_runs, "pipeline_runs": pipeline_runs,
                 "cpu_ms_per_image": _median_parts(pipeline_cpu)["classifier"],
+                "alone_cpu_rounds": alone_cpu,
+                "pipeline_cpu_rounds": pipeline_cpu,
                 "cpu_ms_per_image_alone": alone_parts,
                 "cpu_ms_per_image_pipeline": pipeline_parts,
                 # The ratio the two sides' CPU per image allows when both are CPU-bound on these
@@ -229,6 +231,8 @@ def run() -> list[Figure]:
         jpeg_rate, jpeg_cpu = classifier_run("noop", images, noop["n"], noop["batch"], noop["in_flight"], "jpeg")
         print(f"noop with JPEG pixels: classifier {jpeg_rate:.1f}/s", flush=True)
     raw_bytes = len(images[0])
+    classifier_cpu = noop["cpu_ms_per_image_pipeline"]["classifier"]
+    client_cpu = noop["cpu_ms_per_image_alone"]["client"]
     jpeg_bytes = statistics.mean(len(pixels.encode(p, 224, "jpeg")[1]) for p in images)
     resnet = results["resnet50"]
     return [
@@ -247,6 +251,28 @@ def run() -> list[Figure]:
             {"classifier_images_per_s": noop["pipeline"], "triton_alone_images_per_s": noop["alone"], **noop},
         ),
         Figure("classifier_noop_images_per_s", noop["pipeline"], "images/s", "", {"pixels": "raw"}),
+        Figure(
+            "classifier_overhead_ratio",
+            round(classifier_cpu / client_cpu, 3),
+            "ratio",
+            "≤ 1.3",
+            {
+                "measured": (
+                    f"CPU per image of the classifier process (Kafka in and out, Avro, batching, gRPC, hashtags) ÷ "
+                    f"that of a lone Triton gRPC client sending the same batches ({noop['batch']} images of raw "
+                    f"uint8 pixels, {noop['in_flight']} requests in flight) to the same do-nothing model; medians "
+                    f"of {ROUNDS} alternated rounds in one run"
+                ),
+                "classifier_cpu_ms_per_image": classifier_cpu,
+                "lone_client_cpu_ms_per_image": client_cpu,
+                "rounds": [
+                    round(p["classifier"] / a["client"], 3)
+                    for p, a in zip(noop["pipeline_cpu_rounds"], noop["alone_cpu_rounds"], strict=True)
+                ],
+                "cpu_ms_per_image_pipeline": noop["cpu_ms_per_image_pipeline"],
+                "cpu_ms_per_image_alone": noop["cpu_ms_per_image_alone"],
+            },
+        ),
         Figure(
             "classifier_cpu_ms_per_image",
             noop["cpu_ms_per_image"],

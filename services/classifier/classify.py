@@ -28,7 +28,7 @@ from .settings import ClassifierSettings
 from .triton import ModelSignature, TritonModel
 
 Pixels = npt.NDArray[np.uint8]
-Scored = tuple[npt.NDArray[np.float32], float, int]  # scores, request milliseconds, batch size
+Scored = tuple[list[float], float, int]  # scores, request milliseconds, batch size
 
 
 class Classifier:
@@ -40,6 +40,7 @@ class Classifier:
         self.model = model
         self.signature = signature
         self.tags = tags
+        self.labels = tuple(c.label for c in tags.classes)
         self.batcher: MicroBatcher[Pixels, Scored] = MicroBatcher(
             self._infer, settings.max_batch_size, settings.max_batch_wait_ms / 1000, settings.max_requests_in_flight
         )
@@ -52,7 +53,9 @@ class Classifier:
         started = time.monotonic()
         scores = await self.model.infer(images)
         elapsed_ms = (time.monotonic() - started) * 1000
-        return [(row, elapsed_ms, len(images)) for row in scores]
+        # Python floats for the whole batch in one call: each image's row is then read twice
+        # (hashtags, every label's score) without touching numpy again.
+        return [(row, elapsed_ms, len(images)) for row in scores.tolist()]
 
     async def handle(self, image: dict[str, Any]) -> list[Output]:
         shape = (image["height"], image["width"], 3)
@@ -70,8 +73,8 @@ class Classifier:
         scores, inference_ms, batch_size = await self.batcher.submit(array)
         prediction = {
             "origin": image["origin"],
-            "hashtags": [{"hashtag": tag, "score": score} for tag, score in suggest(scores.tolist(), self.tags)],
-            "scores": {c.label: float(s) for c, s in zip(self.tags.classes, scores.tolist(), strict=True)},
+            "hashtags": [{"hashtag": tag, "score": score} for tag, score in suggest(scores, self.tags)],
+            "scores": dict(zip(self.labels, scores, strict=True)),
             "model_name": self.signature.name,
             "model_version": self.signature.version,
             "fetch_ts_ms": image["fetch_ts_ms"],
