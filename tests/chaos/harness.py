@@ -89,6 +89,8 @@ class Report:
     stored: Counter[ImageKey]
     kills: list[Kill]
     transactions_aborted: int = 0
+    #: stage → exit codes of the times it ended by itself (and was started again)
+    exits: dict[str, list[int]] = field(default_factory=dict)
     elapsed_s: float = 0.0
     logs: Path = Path()
 
@@ -135,6 +137,7 @@ class Report:
             ("duplicated", str(len(self.duplicated))),
             ("held by the sink", str(len(self.stored))),
             ("transactions aborted and redone", str(self.transactions_aborted)),
+            ("exits not planned (stage: codes)", "; ".join(f"{n}: {c}" for n, c in self.exits.items() if c) or "none"),
         ]  # fmt: skip
         for target in (*STAGES, "broker", "triton"):
             kills = [k for k in self.kills if k.target == target or (target == "broker" and k.target.isdigit())]
@@ -174,15 +177,40 @@ class Topics:
 
 
 class Stage:
-    """One stage's process, started again at once after a kill, as a pod is."""
+    """One stage's process, started again at once after a kill, as a pod is; and, as
+    Kubernetes does, after it exits by itself (`restart_if_exited`), which is counted."""
 
     def __init__(self, name: str, env: dict[str, str], log_dir: Path, port: int) -> None:
         self.name, self.env, self.port = name, env, port
         self.log_path = log_dir / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
+        self.exits: list[int] = []  # the exit codes of the times it ended by itself
+        self.stopping = False
+        self._lock = threading.Lock()
+
+    def restart_if_exited(self) -> None:
+        with self._lock:
+            if self.stopping or self.process is None or self.process.poll() is None:
+                return
+            self.exits.append(self.process.returncode)
+            self._launch()
+
+    def kill_and_restart(self) -> None:
+        with self._lock:
+            assert self.process is not None
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+            self._launch()
 
     def start(self, wait: bool = True) -> None:
+        with self._lock:
+            self._launch()
+        if wait:
+            assert self.process is not None
+            wait_http(f"http://127.0.0.1:{self.port}/livez", 120, self.process)
+
+    def _launch(self) -> None:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", f"services.{self.name}"],
@@ -192,15 +220,10 @@ class Stage:
                 stderr=subprocess.STDOUT,
             )
         self.started_at = time.monotonic()
-        if wait:
-            wait_http(f"http://127.0.0.1:{self.port}/livez", 120, self.process)
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
 
     def stop(self) -> None:
+        with self._lock:
+            self.stopping = True
         if self.process is None or self.process.poll() is not None:
             return
         self.process.terminate()
@@ -224,10 +247,11 @@ class Flow(threading.Thread):
     for the sink records stored), so a restarted process's first output is seen; and when
     predictions arrive on their topic, for the failures of the broker and Triton."""
 
-    def __init__(self, kafka: KafkaSettings, topics: Topics, ports: dict[str, int]) -> None:
+    def __init__(self, kafka: KafkaSettings, topics: Topics, stages: dict[str, Stage]) -> None:
         super().__init__(daemon=True)
-        self.kafka, self.topics, self.ports = kafka, topics, ports
-        self.outputs: dict[str, list[tuple[float, float]]] = {name: [] for name in ports}  # (time, counter)
+        self.kafka, self.topics, self.stages = kafka, topics, stages
+        self.ports = {name: stage.port for name, stage in stages.items()}
+        self.outputs: dict[str, list[tuple[float, float]]] = {name: [] for name in stages}  # (time, counter)
         self.predictions: list[float] = []
         self._halt = threading.Event()
 
@@ -249,6 +273,8 @@ class Flow(threading.Thread):
                 for message in consumer.consume(num_messages=500, timeout=0.1):
                     if message.error() is None:
                         self.predictions.append(time.monotonic())
+                for stage in self.stages.values():  # the supervisor's part: a stage that died is started again
+                    stage.restart_if_exited()
                 for name, port in self.ports.items():
                     count = _counter(port, COUNTERS[name])
                     if count is not None:
@@ -398,7 +424,7 @@ def run(plan: Plan, work: Path) -> Report:
         for stage in stages.values():
             stage.start()
             stack.callback(stage.stop)
-        flow = Flow(kafka, topics, {name: stage.port for name, stage in stages.items()})
+        flow = Flow(kafka, topics, stages)
         flow.start()
         stack.callback(flow.stop)
         stream = work / "stream.jsonl"
@@ -415,6 +441,7 @@ def run(plan: Plan, work: Path) -> Report:
             stage.stop()
         aborted = _aborted(work)
         report = account(kafka, topics, work / "sink.db", plan.seed, kills)
+        report.exits = {name: stage.exits for name, stage in stages.items()}
     report.transactions_aborted = aborted
     report.elapsed_s = time.monotonic() - started
     report.logs = work
@@ -459,7 +486,7 @@ def _free_ports(count: int) -> int:
     """The first of `count` consecutive free ports."""
     rng = random.Random()
     for _ in range(200):
-        base = rng.randrange(20_000, 40_000)
+        base = rng.randrange(20_000, 32_000)  # below the ephemeral range, where a client may land
         if all(_port_free(base + n) for n in range(count)):
             return base
     raise RuntimeError(f"no {count} consecutive free ports")
@@ -546,8 +573,7 @@ def _play(events: list[Event], stages: dict[str, Stage], triton: Triton, cluster
         at = time.monotonic()
         print(f"chaos: {at - started:6.1f} s {event.action} {event.target}", flush=True)
         if event.action == "kill":
-            stages[event.target].kill()
-            stages[event.target].start(wait=False)
+            stages[event.target].kill_and_restart()
         elif event.action == "broker":
             cluster.kill(event.target)
             time.sleep(plan.broker_down_s)
