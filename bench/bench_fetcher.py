@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -34,13 +35,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from bench import decoders
 from bench.fetcher_server import renditions
 from bench.figures import Figure
 from bench.stack import free_port, running
+from services.common.avro import TWEETS
 from services.common.cpus import available_cpus
+from services.common.envelope import Envelope
 from services.common.settings import KafkaSettings
 from services.fetcher.imaging import to_model_input
 from services.fetcher.renditions import RenditionPlanner
@@ -61,6 +65,7 @@ EFFICIENCY_ROUNDS = 3
 IMAGES = 3000  # per round, all processes together
 LATENCY_MS = 200
 LATENCY_IMAGES = 1600
+SERVICE_IMAGES = 4000
 SLOW = 500
 OVERSIZED = 40
 MEMORY_IMAGES = 400
@@ -96,6 +101,8 @@ def run() -> list[Figure]:
                 print(f"no delay: {rounds[-1]}", flush=True)
             slow = fetcher_per_core(port, LATENCY_MS, LATENCY_IMAGES, sizes)
             print(f"{LATENCY_MS} ms: {slow}", flush=True)
+            service = fetcher_service(port, SERVICE_IMAGES)
+            print(f"service: {service}", flush=True)
         photos = write_memory_photos(Path(tmp) / "photos")
         with image_server(photos) as port:
             memory = fetcher_load(
@@ -130,6 +137,21 @@ def run() -> list[Figure]:
                 "run": middle,
                 "traffic": traffic,
                 "not_counted": "TLS (X serves HTTPS; the loopback server speaks plain HTTP), Kafka and the stream loop",
+            },
+        ),
+        Figure(
+            "fetcher_service_cpu_ms_per_image",
+            service["cpu_ms_per_image"],
+            "ms",
+            "",
+            {
+                "measured": (
+                    "CPU of the fetcher service process (python -m services.fetcher, one decode thread as in a "
+                    "one-CPU replica, its default exactly-once guarantee) per image, reading X-like posts from "
+                    "a fresh topic on the local Kafka and writing `images`: the same traffic as "
+                    "fetcher_cpu_ms_per_image plus Kafka, Avro and the stream loop"
+                ),
+                **service,
             },
         ),
         Figure(
@@ -306,6 +328,125 @@ def fetcher_per_core(port: int, delay_ms: int, images: int, media_sizes: str) ->
         "start_skew_s": round(max(starts) - min(starts), 3),
         "load_average_after": os.getloadavg()[0],
     }
+
+
+def fetcher_service(port: int, images: int) -> dict[str, Any]:
+    """CPU per image of the real service on X-like posts, by thread, from its 500th image to its last."""
+    with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp, running("scripts/kafka.sh"):
+        tweets, output = _fresh_topics("tweets", "images")
+        _produce_posts(tweets, port, images)
+        metrics_port = free_port()
+        env = {
+            "FETCHER_INPUT_TOPIC": tweets,
+            "FETCHER_OUTPUT_TOPIC": output,
+            "FETCHER_GROUP_ID": f"bench-fetcher-{uuid.uuid4().hex[:8]}",
+            "FETCHER_METRICS_PORT": str(metrics_port),
+            "FETCHER_ALLOW_PRIVATE_NETWORKS": "true",  # the image server is on loopback
+            "FETCHER_RENDITION_HOSTS": '["127.0.0.1"]',
+            "FETCHER_DECODE_WORKERS": "1",
+            "FETCHER_SHEDDING_ENABLED": "false",
+            "FETCHER_DOWNSTREAM_GROUP": "",
+            "LOG_LEVEL": "WARNING",
+        }
+        with (Path(tmp) / "fetcher.log").open("wb") as log:
+            fetcher = subprocess.Popen(
+                [sys.executable, "-m", "services.fetcher"], cwd=ROOT, env={**os.environ, **env}, stderr=log
+            )
+            try:
+                _wait_http(f"http://127.0.0.1:{metrics_port}/healthz", fetcher)
+                started = time.monotonic()
+                while sum(_fetch_results(metrics_port).values()) < 500:
+                    if fetcher.poll() is not None or time.monotonic() - started > 300:
+                        raise RuntimeError(
+                            f"fetcher ended or stalled: {(Path(tmp) / 'fetcher.log').read_text()[-2000:]}"
+                        )
+                    time.sleep(0.05)
+                threads_before, done_before, at_first = (
+                    _thread_cpu(fetcher.pid),
+                    _fetch_results(metrics_port),
+                    time.monotonic(),
+                )
+                done = done_before
+                while sum(done.values()) < images and time.monotonic() - at_first < 300:
+                    time.sleep(0.2)
+                    done = _fetch_results(metrics_port)
+                threads_after, elapsed = _thread_cpu(fetcher.pid), time.monotonic() - at_first
+                names = _python_thread_names(fetcher.pid)
+            finally:
+                fetcher.terminate()
+                fetcher.wait(30)
+    counted = sum(done.values()) - sum(done_before.values())
+    by_thread: dict[str, float] = {}
+    for tid, (name, seconds) in threads_after.items():
+        kind = _thread_kind(names.get(tid, name))
+        by_thread[kind] = by_thread.get(kind, 0.0) + seconds - threads_before.get(tid, (name, 0.0))[1]
+    return {
+        "images": counted,
+        "outcomes": done,
+        "images_per_s": round(counted / elapsed, 1),
+        "cpu_ms_per_image": round(1000 * sum(by_thread.values()) / counted, 3),
+        "cpu_ms_per_image_by_thread": {k: round(1000 * v / counted, 3) for k, v in sorted(by_thread.items())},
+    }
+
+
+def _produce_posts(topic: str, port: int, count: int) -> None:
+    """X-like posts of one photo each, on the image server's /media/ URLs, with the originals' sizes."""
+    producer = Producer({"bootstrap.servers": KafkaSettings().bootstrap_servers, "linger.ms": 20})
+    now = int(time.time() * 1000)
+    headers: list[tuple[str, str | bytes | None]] = [*Envelope(1, now).headers()]
+    for n in range(count):
+        width, height = ORIGINAL_SIZES[n % len(ORIGINAL_SIZES)]
+        tweet_id = str(1_950_000_000_000_000_000 + n)
+        post = {
+            "tweet_id": tweet_id, "text": "bench", "author_id": "1",
+            "author_username": "bench", "created_at": None, "lang": None,
+            "post_url": f"https://x.com/bench/status/{n}",
+            "media": [{"media_key": f"3_{n}", "type": "photo", "url": f"http://127.0.0.1:{port}/media/0/{n}",
+                       "width": width, "height": height}],
+            "matching_rules": [], "priority": 1, "ingest_ts_ms": now,
+        }  # fmt: skip
+        producer.produce(topic, TWEETS.encode(post), key=tweet_id, headers=headers)
+        producer.poll(0)
+    if producer.flush(60):
+        raise RuntimeError("posts not delivered")
+
+
+def _thread_cpu(pid: int) -> dict[str, tuple[str, float]]:
+    """CPU seconds so far of each thread of `pid`, by thread id, with the thread's name."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        out[task.name] = (name, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+    return out
+
+
+def _python_thread_names(pid: int) -> dict[str, str]:
+    """Python's names of the threads of `pid` by thread id, as py-spy reads them (Linux knows
+    them all as "python"); empty when py-spy cannot look."""
+    try:
+        dump = subprocess.run(
+            [str(Path(sys.executable).parent / "py-spy"), "dump", "--pid", str(pid)],
+            capture_output=True, text=True, timeout=30, check=True,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return dict(re.findall(r'^Thread (?:0x[0-9A-Fa-f]+ )?\(?(\d+)\)?[^"\n]*"([^"]+)"', dump, re.MULTILINE))
+
+
+def _thread_kind(name: str) -> str:
+    """librdkafka's threads are rdk:*, the decode pool's decode_N, the event loop MainThread; the
+    rest are Python's helpers (confluent-kafka's asyncio threads, the delivery-report poller)."""
+    if name.startswith("rdk:"):
+        return "librdkafka"
+    if name.startswith("decode"):
+        return "decode thread"
+    if name == "MainThread":
+        return "event loop"
+    return "other Python threads"
 
 
 def fetcher_load(*args: str) -> dict[str, Any]:
