@@ -66,6 +66,11 @@ async def _main(stage: str, settings: S, body: Body[S]) -> int:
     log.info("started", extra={"fields": {"stage": stage, "metrics_port": settings.metrics_port}})
     try:
         await body(rt, settings)
+    except Exception:
+        # Through the logs, not the interpreter's own printout: log lines are structured and
+        # scrubbed of secrets (an HTTP error's body may echo a token).
+        log.exception("stopping: unexpected error", extra={"fields": {"stage": stage}})
+        rt.exit_code = 1
     finally:
         await health.stop()
         log.info("stopped", extra={"fields": {"stage": stage, "exit_code": rt.exit_code}})
