@@ -18,8 +18,9 @@ log = logging.getLogger(__name__)
 
 
 @contextlib.asynccontextmanager
-async def serving(store: Store, settings: SinkSettings) -> AsyncIterator[None]:
-    hub = LiveHub(settings.max_event_streams)
+async def serving(store: Store, settings: SinkSettings) -> AsyncIterator[LiveHub]:
+    """Serve until the block ends; the block gets the hub of the live streams."""
+    hub = LiveHub(settings.max_event_streams, write_timeout_s=settings.event_write_timeout_s)
     watcher = asyncio.create_task(store.watch(hub.publish), name="sink-live-feed")
     watcher.add_done_callback(_report_end)
     runner = web.AppRunner(make_app(store, hub, settings.gallery_image_sources), access_log=None)
@@ -27,7 +28,7 @@ async def serving(store: Store, settings: SinkSettings) -> AsyncIterator[None]:
         await runner.setup()
         await web.TCPSite(runner, settings.api_host, settings.api_port).start()
         log.info("serving", extra={"fields": {"port": settings.api_port, "store": store.backend}})
-        yield
+        yield hub
     finally:
         hub.close()
         await runner.cleanup()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import StreamSettings
 from services.common.stages import stage
 
 from .credentials import split_password
+from .live import DEFAULT_WRITE_TIMEOUT_S
 
 # Where the gallery may load images from: any https host (the X CDN and others), and the
 # local demo's image server.
@@ -39,6 +40,9 @@ class SinkSettings(StreamSettings):
     gallery_image_sources: str = DEFAULT_IMAGE_SOURCES
     #: live-update (server-sent events) connections served at once
     max_event_streams: int = 100
+    #: longest a write to one live stream may block (its client stopped reading) before the
+    #: connection is dropped and its slot freed
+    event_write_timeout_s: float = Field(default=DEFAULT_WRITE_TIMEOUT_S, gt=0)
 
     @field_validator("gallery_image_sources")
     @classmethod
