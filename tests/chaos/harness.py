@@ -256,10 +256,13 @@ class Flow(threading.Thread):
         self._halt = threading.Event()
 
     def recovered(self, kill: Kill) -> float | None:
-        """When output flowed again after `kill`: the restarted stage's first, or the next prediction."""
+        """When output flowed again after `kill`: the restarted stage's first output; after a
+        broker node's kill the next prediction (a cluster of three goes on without it); after
+        Triton's outage the first prediction once it is back."""
         if kill.target in self.outputs:
             return next((t for t, count in self.outputs[kill.target] if t > kill.at and count > 0), None)
-        return next((t for t in self.predictions if t > kill.ended), None)
+        since = kill.ended if kill.target == "triton" else kill.at
+        return next((t for t in self.predictions if t > since), None)
 
     def run(self) -> None:
         consumer = _reader(self.kafka)
