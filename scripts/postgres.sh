@@ -11,6 +11,8 @@
 # The cluster listens on 127.0.0.1 only, trusts every local connection and runs with
 # fsync off: it is for tests and demos, never for data worth keeping. Run as root, the
 # server runs as the `postgres` user (PostgreSQL refuses to run as root).
+# PG_DURABLE=1 starts it with fsync and synchronous commit on, as a real server: for
+# benchmarks of what a commit costs (bench/bench_sink.py runs one in a PG_DIR of its own).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -73,12 +75,13 @@ cmd_start() {
     return 0
   fi
   [[ -f "$DATA/PG_VERSION" ]] || init_cluster
-  local port
+  local port durability="-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+  [[ "${PG_DURABLE:-0}" != 1 ]] || durability=""
   port="$(free_port)"
   echo "$port" >"$PORT_FILE"
   [[ $(id -u) -ne 0 ]] || { touch "$LOG_FILE"; chown postgres:postgres "$LOG_FILE"; }
   as_owner "$BIN/pg_ctl" start -D "$DATA" -l "$LOG_FILE" -w -t 60 -s \
-    -o "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories='$PG_DIR' -c fsync=off -c synchronous_commit=off -c full_page_writes=off" ||
+    -o "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories='$PG_DIR' $durability" ||
     { log "did not start; the end of its log:"; tail -n 20 "$LOG_FILE" >&2; exit 1; }
   if ! "$BIN/psql" -h 127.0.0.1 -p "$port" -U "$NAME" -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$NAME'" |
     grep -q 1; then

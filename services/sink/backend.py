@@ -12,5 +12,7 @@ from .store import Store
 async def open_store(settings: SinkSettings) -> Store:
     if settings.database_url is not None:
         url, password = split_password(settings.database_url.get_secret_value())
-        return await PostgresStore.open(url, settings.database_pool_size, password=password)
-    return SqliteStore(settings.database_path)
+        return await PostgresStore.open(
+            url, settings.database_pool_size, password=password, grouping=settings.grouping()
+        )
+    return SqliteStore(settings.database_path, grouping=settings.grouping())

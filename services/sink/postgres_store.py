@@ -18,7 +18,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -29,6 +29,7 @@ from services.common.errors import RecordError
 from services.common.timeutil import now_ms
 
 from . import sql
+from .group_commit import DEFAULT_POLICY, GroupCommit, GroupPolicy
 from .store import (
     COLUMNS,
     DatasetRow,
@@ -131,15 +132,25 @@ class PostgresStore:
     backend = "postgresql"
 
     def __init__(
-        self, url: str, pool: AsyncConnectionPool[psycopg.AsyncConnection[dict[str, Any]]], password: str | None = None
+        self,
+        url: str,
+        pool: AsyncConnectionPool[psycopg.AsyncConnection[dict[str, Any]]],
+        password: str | None = None,
+        grouping: GroupPolicy = DEFAULT_POLICY,
     ) -> None:
         self._url = url
         self._password = password
         self._pool = pool
+        self._group: GroupCommit[dict[str, Any], Prediction] = GroupCommit(self._commit, self.backend, grouping)
 
     @classmethod
     async def open(
-        cls, url: str, pool_size: int = 4, timeout_s: float = 30.0, password: str | None = None
+        cls,
+        url: str,
+        pool_size: int = 4,
+        timeout_s: float = 30.0,
+        password: str | None = None,
+        grouping: GroupPolicy = DEFAULT_POLICY,
     ) -> PostgresStore:
         """Connect, migrate, and return the store.
 
@@ -161,18 +172,24 @@ class PostgresStore:
         except BaseException:
             await pool.close()
             raise
-        return cls(url, pool, password)
+        return cls(url, pool, password, grouping)
 
     async def close(self) -> None:
+        await self._group.close()
         await self._pool.close()
 
     async def upsert(self, prediction: Mapping[str, Any]) -> Prediction:
         row = escape_nul(to_row(prediction, now_ms()))
         row["notify"] = json.dumps([row["tweet_id"], row["media_key"]])
+        return await self._group.submit(row)
+
+    async def _commit(self, rows: Sequence[dict[str, Any]]) -> list[Prediction | BaseException]:
+        """`rows` in one transaction, sent together (psycopg pipelines `executemany`). A row
+        PostgreSQL refuses fails the transaction: the group commit then writes them one by one."""
         try:
             async with self._pool.connection() as conn:
                 try:
-                    stored = await (await conn.execute(_UPSERT, row)).fetchone()
+                    stored = await _upsert_all(conn, rows)
                 except psycopg.errors.ReadOnlySqlTransaction:
                     # The session is on a server that cannot write and will stay so: the pool
                     # discards a closed connection and opens another.
@@ -182,8 +199,7 @@ class PostgresStore:
             raise StoreUnavailable(f"postgresql: {exc}") from exc
         except psycopg.DataError as exc:  # a value PostgreSQL refuses, whatever the server's state
             raise RecordError("bad_record", f"postgresql: {exc}") from exc
-        assert stored is not None
-        return from_row(stored)
+        return [from_row(row) if row is not None else RuntimeError("the upsert returned no row") for row in stored]
 
     async def get(self, tweet_id: str, media_key: str) -> Prediction | None:
         row = await self._fetchone(
@@ -255,6 +271,19 @@ class PostgresStore:
                 return await (await conn.execute(text, params)).fetchall()
         except psycopg.OperationalError as exc:
             raise StoreUnavailable(f"postgresql: {exc}") from exc
+
+
+async def _upsert_all(conn: psycopg.AsyncConnection[dict[str, Any]], rows: Sequence[dict[str, Any]]) -> list[Any]:
+    if len(rows) == 1:  # one statement is atomic alone: no transaction block, one round trip
+        return [await (await conn.execute(_UPSERT, rows[0])).fetchone()]
+    stored = []
+    async with conn.transaction(), conn.cursor() as cursor:
+        await cursor.executemany(_UPSERT, rows, returning=True)
+        while True:
+            stored.append(await cursor.fetchone())
+            if not cursor.nextset():
+                break
+    return stored
 
 
 async def _stored(conn: psycopg.AsyncConnection[dict[str, Any]], keys: list[tuple[Any, ...]]) -> list[Prediction]:

@@ -11,6 +11,7 @@ from services.common.settings import StreamSettings
 from services.common.stages import stage
 
 from .credentials import split_password
+from .group_commit import GroupPolicy
 from .live import DEFAULT_WRITE_TIMEOUT_S
 
 # Where the gallery may load images from: any https host (the X CDN and others), and the
@@ -34,6 +35,10 @@ class SinkSettings(StreamSettings):
     #: `postgresql://user:password@host:port/db`: use PostgreSQL instead of SQLite
     database_url: SecretStr | None = None
     database_pool_size: int = 4
+    #: rows committed in one transaction at most (group commit: services/sink/group_commit.py)
+    commit_max_batch: int = Field(default=64, ge=1)
+    #: how long a row may wait for others to share its transaction when the store is idle
+    commit_max_wait_ms: float = Field(default=2.0, ge=0, le=1000)
     api_host: str = "0.0.0.0"  # noqa: S104 - pods listen on all interfaces
     api_port: int = 8080
     #: the Content-Security-Policy `img-src` sources of the gallery, space-separated
@@ -43,6 +48,9 @@ class SinkSettings(StreamSettings):
     #: longest a write to one live stream may block (its client stopped reading) before the
     #: connection is dropped and its slot freed
     event_write_timeout_s: float = Field(default=DEFAULT_WRITE_TIMEOUT_S, gt=0)
+
+    def grouping(self) -> GroupPolicy:
+        return GroupPolicy(max_batch=self.commit_max_batch, max_wait_s=self.commit_max_wait_ms / 1000)
 
     @field_validator("gallery_image_sources")
     @classmethod

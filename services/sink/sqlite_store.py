@@ -1,29 +1,32 @@
 """The SQLite store: one file in WAL mode, written by one sink process.
 
-Writes run on the event loop: each is one short transaction on a local file. Reads run
-in a worker thread on a read-only connection, since a count over a long window or an
-export can take a while. Live updates (`watch`) see this process's writes, which are all
-the writes to its file.
-
 Every commit is synced to disk (synchronous=FULL): the sink commits its Kafka offsets
 once the row is committed, so a commit that a power loss could take back (NORMAL syncs
-the WAL only at checkpoints) would lose a record for good. bench/bench_sink.py measures
-what FULL costs.
+the WAL only at checkpoints) would lose a record for good. One sync per row would cap the
+sink at a few hundred rows a second, so concurrent upserts are committed together
+(group_commit.py): one transaction, one sync, each row in a savepoint of its own so a row
+SQLite refuses fails alone. Writes run in one writer thread, so the event loop takes the
+next rows while a batch syncs. bench/bench_sink.py measures both.
+
+Reads run in a worker thread on a read-only connection, since a count over a long window
+or an export can take a while. Live updates (`watch`) see this process's writes, which are
+all the writes to its file.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
 from services.common.timeutil import now_ms
 
 from . import sql
+from .group_commit import DEFAULT_POLICY, GroupCommit, GroupPolicy
 from .store import (
     COLUMNS,
     DatasetRow,
@@ -99,45 +102,83 @@ _UPSERT = (
 class SqliteStore:
     backend = "sqlite"
 
-    def __init__(self, path: Path, synchronous: Literal["FULL", "NORMAL"] = "FULL") -> None:
+    def __init__(
+        self, path: Path, synchronous: Literal["FULL", "NORMAL"] = "FULL", grouping: GroupPolicy = DEFAULT_POLICY
+    ) -> None:
         """`synchronous="NORMAL"` only to measure what FULL costs: it can lose committed rows."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self._path = path
-        self._db = sqlite3.connect(path, isolation_level=None)
+        # Used by the writer thread only, once migrated.
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.row_factory = _dict_row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.execute("PRAGMA foreign_keys=ON")
         migrate(self._db)
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+        self._group: GroupCommit[dict[str, Any], None] = GroupCommit(self._commit, self.backend, grouping)
         # Reads run in a worker thread on a connection of their own (WAL lets it read while
-        # the loop writes): a count over a long window must not stall consumption.
+        # the writer writes): a count over a long window must not stall consumption.
         self._reader = _read_only(path)
         self._read_lock = asyncio.Lock()
         self._watchers: set[OnStored] = set()
 
     async def close(self) -> None:
+        await self._group.close()
+        self._writer.shutdown()
         async with self._read_lock:
             self._reader.close()
         self._db.close()
 
     async def upsert(self, prediction: Mapping[str, Any]) -> Prediction:
         row = to_row(prediction, now_ms())
-        key = (row["tweet_id"], row["media_key"])
-        try:
-            with self._transaction():
-                self._db.execute(_UPSERT, row)
-                self._db.execute("DELETE FROM prediction_hashtags WHERE tweet_id = ? AND media_key = ?", key)
-                self._db.executemany(
-                    "INSERT INTO prediction_hashtags (tweet_id, media_key, hashtag, score, classify_ts_ms) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    [(*key, h["hashtag"], h["score"], row["classify_ts_ms"]) for h in json.loads(row["hashtags"])],
-                )
-        except sqlite3.OperationalError as exc:  # locked, disk full, I/O error: worth retrying
-            raise StoreUnavailable(f"sqlite: {exc}") from exc
+        await self._group.submit(row)
         stored = to_prediction(row)
         for on_stored in list(self._watchers):
             on_stored(stored)
         return stored
+
+    async def _commit(self, rows: Sequence[dict[str, Any]]) -> list[BaseException | None]:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._writer, self._write, rows)
+        except sqlite3.OperationalError as exc:  # locked, disk full, I/O error: worth retrying
+            raise StoreUnavailable(f"sqlite: {exc}") from exc
+
+    def _write(self, rows: Sequence[dict[str, Any]]) -> list[BaseException | None]:
+        """One transaction for `rows`, each in a savepoint: a row SQLite refuses is rolled back
+        alone and reported as its outcome. An OperationalError (the database, not the row)
+        rolls back everything and is raised."""
+        outcomes: list[BaseException | None] = []
+        self._db.execute("BEGIN")
+        try:
+            for row in rows:
+                self._db.execute("SAVEPOINT row")
+                try:
+                    self._write_row(row)
+                except sqlite3.OperationalError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - this row's own error, handed to its caller
+                    self._db.execute("ROLLBACK TO row")
+                    outcomes.append(exc)
+                else:
+                    outcomes.append(None)
+                self._db.execute("RELEASE row")
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+        return outcomes
+
+    def _write_row(self, row: dict[str, Any]) -> None:
+        key = (row["tweet_id"], row["media_key"])
+        self._db.execute(_UPSERT, row)
+        self._db.execute("DELETE FROM prediction_hashtags WHERE tweet_id = ? AND media_key = ?", key)
+        self._db.executemany(
+            "INSERT INTO prediction_hashtags (tweet_id, media_key, hashtag, score, classify_ts_ms) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [(*key, h["hashtag"], h["score"], row["classify_ts_ms"]) for h in json.loads(row["hashtags"])],
+        )
 
     async def get(self, tweet_id: str, media_key: str) -> Prediction | None:
         rows = await self._read("SELECT * FROM predictions WHERE tweet_id = ? AND media_key = ?", (tweet_id, media_key))
@@ -180,16 +221,6 @@ class SqliteStore:
             await asyncio.Event().wait()  # until cancelled
         finally:
             self._watchers.discard(on_stored)
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
 
 
 def _read_only(path: Path) -> sqlite3.Connection:

@@ -160,3 +160,41 @@ async def test_a_version_one_database_is_migrated_with_its_rows(postgres_schema_
             assert conn.execute("SELECT version FROM tagstream_schema").fetchall() == [(len(MIGRATIONS),)]
     finally:
         await store.close()
+
+
+async def test_a_batch_refused_by_a_read_only_server_leaves_every_row_to_be_retried(postgres_url: str) -> None:
+    """Grouped upserts meet the failover together: each is told the store is unavailable (so
+    the stream loop retries it), none is dead-lettered, and all are stored once it is over."""
+    with fresh_database(postgres_url) as url:
+        name = url.rsplit("/", 1)[1]
+        store = await PostgresStore.open(f"{url}?application_name=sink-batch-failover-test", pool_size=1)
+        try:
+            await store.upsert(prediction("0"))
+            with psycopg.connect(postgres_url, autocommit=True) as admin:
+                admin.execute(f"ALTER DATABASE {name} SET default_transaction_read_only = on")
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                    ("sink-batch-failover-test",),
+                )
+            records = [prediction(str(n)) for n in range(1, 9)]
+            causes: set[type[BaseException] | type[None]] = set()
+            for _ in range(20):
+                outcomes = await asyncio.gather(*(store.upsert(r) for r in records), return_exceptions=True)
+                assert all(isinstance(o, StoreUnavailable) for o in outcomes), outcomes
+                causes = {type(o.__cause__) for o in outcomes if isinstance(o, BaseException)}
+                if psycopg.errors.ReadOnlySqlTransaction in causes:
+                    break
+            assert causes == {psycopg.errors.ReadOnlySqlTransaction}
+            assert await store.count() == 1
+            with psycopg.connect(postgres_url, autocommit=True) as admin:
+                admin.execute(f"ALTER DATABASE {name} RESET default_transaction_read_only")
+            # Retried as the stream loop retries: a session the pool opened before the reset is
+            # read-only still, and is dropped when it refuses.
+            for _ in range(20):
+                outcomes = await asyncio.gather(*(store.upsert(r) for r in records), return_exceptions=True)
+                if not any(isinstance(o, BaseException) for o in outcomes):
+                    break
+                assert all(isinstance(o, StoreUnavailable) for o in outcomes), outcomes
+            assert await store.count() == 9
+        finally:
+            await store.close()

@@ -7,9 +7,10 @@ import itertools
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from services.common.errors import RecordError
-from services.sink.store import Cursor, HashtagCount, Prediction, PredictionQuery, Store, matches
+from services.sink.store import Cursor, HashtagCount, Prediction, PredictionQuery, Store, StoreUnavailable, matches
 
 from .records import prediction
 
@@ -54,6 +55,48 @@ async def test_upsert_keeps_one_row_per_image_and_returns_it_as_stored(store: St
     assert item["end_to_end_ms"] == item["stored_ts_ms"] - item["ingest_ts_ms"]
     assert (await store.recent(PredictionQuery(hashtag="cats"))).items == []
     assert await store.get("1", "no-such-key") is None
+
+
+def committed(backend: str) -> tuple[float, float]:
+    """Transactions and rows the stores of `backend` have committed so far (`tagstream_sink_commit_rows`)."""
+    labels = {"store": backend}
+    transactions = REGISTRY.get_sample_value("tagstream_sink_commit_rows_count", labels) or 0.0
+    return transactions, REGISTRY.get_sample_value("tagstream_sink_commit_rows_sum", labels) or 0.0
+
+
+async def test_concurrent_upserts_share_transactions_and_each_returns_once_its_row_is_committed(store: Store) -> None:
+    transactions, rows = committed(store.backend)
+
+    async def upsert_then_read(n: int) -> bool:
+        stored = await store.upsert(prediction(str(n)))
+        # Read on another connection, which sees committed rows only.
+        return await store.get(stored["tweet_id"], stored["media_key"]) == stored
+
+    assert all(await asyncio.gather(*(upsert_then_read(n) for n in range(64))))
+    assert await store.count() == 64
+    now_transactions, now_rows = committed(store.backend)
+    assert now_rows - rows == 64
+    assert now_transactions - transactions <= 4  # as the sink's in-flight records arrive: together
+
+
+async def test_a_row_the_database_refuses_fails_alone_among_concurrent_upserts(store: Store) -> None:
+    records = [prediction(str(n)) for n in range(8)]
+    records[3] |= {"image_url": None}  # NOT NULL in both stores
+    outcomes = await asyncio.gather(*(store.upsert(r) for r in records), return_exceptions=True)
+    failed = {n: o for n, o in enumerate(outcomes) if isinstance(o, BaseException)}
+    assert list(failed) == [3]
+    assert not isinstance(failed[3], StoreUnavailable)  # the row's fault: retrying would not help
+    assert await store.count() == 7
+    assert await store.get("3", "3_1") is None
+
+
+async def test_concurrent_upserts_of_one_image_keep_the_last(store: Store) -> None:
+    versions = [prediction(tags=((tag, 0.9),)) for tag in ("cats", "dogs", "horse")]
+    await asyncio.gather(*(store.upsert(v) for v in versions))
+    item = await store.get("1", "3_1")
+    assert item is not None
+    assert item["hashtags"] == [{"hashtag": "horse", "score": 0.9}]
+    assert await store.hashtag_counts(since_ms=0, until_ms=None) == [HashtagCount("horse", 1)]
 
 
 async def test_recent_is_newest_first_and_filtered_by_hashtag_score_and_time(store: Store) -> None:
