@@ -62,7 +62,10 @@ class ImagePipeline:
         )
 
     async def handle(self, tweet: dict[str, Any]) -> list[Output | DeadLetter]:
-        return list(await asyncio.gather(*(self._one(tweet, media) for media in tweet["media"])))
+        media = tweet["media"]
+        if len(media) == 1:  # most posts: no task and no gather for one image
+            return [await self._one(tweet, media[0])]
+        return list(await asyncio.gather(*(self._one(tweet, item) for item in media)))
 
     async def model_input(self, url: str) -> ModelInput:
         """The decoded image at `url`, from the cache, a download under way, or a new one."""
