@@ -77,6 +77,7 @@ class Classifier:
             "scores": dict(zip(self.labels, scores, strict=True)),
             "model_name": self.signature.name,
             "model_version": self.signature.version,
+            "model_weights_meaningful": self.signature.weights_meaningful,
             "fetch_ts_ms": image["fetch_ts_ms"],
             "classify_ts_ms": now_ms(),
             "inference_ms": inference_ms,

@@ -33,10 +33,20 @@ class ModelSignature:
     input_shape: tuple[int, ...]  # without the batch dimension
     output_name: str
     labels: tuple[str, ...]  # in output order, as the model's label file gives them
+    #: whether the weights make meaningful predictions, as the model's config declares it
+    #: (`weights_meaningful`, written by tools/model/export.py); None when it does not say
+    weights_meaningful: bool | None = None
 
     @property
     def classes(self) -> int:
         return len(self.labels)
+
+
+def declared_meaningful(config: dict[str, Any]) -> bool | None:
+    """The `weights_meaningful` parameter of a model's config ("true" or "false"); None for a
+    model that does not declare it, or declares something else."""
+    parameter = config.get("config", {}).get("parameters", {}).get("weights_meaningful", {})
+    return {"true": True, "false": False}.get(str(parameter.get("string_value", "")).strip().lower())
 
 
 class TritonModel:
@@ -81,6 +91,9 @@ class TritonModel:
             input_shape=input_shape,
             output_name=model_output["name"],
             labels=await self._read_labels(model_input, input_shape, model_output["name"], classes),
+            weights_meaningful=declared_meaningful(
+                await self.client.get_model_config(self.model_name, self.model_version, as_json=True)
+            ),
         )
 
     async def _read_labels(

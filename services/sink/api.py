@@ -17,7 +17,7 @@ from services.common.timeutil import now_ms
 from .live import LiveHub, TooManyStreams
 from .security import install_security_headers
 from .settings import DEFAULT_IMAGE_SOURCES
-from .store import INT64_MAX, Cursor, PredictionQuery, Store, StoreUnavailable, storable_text
+from .store import INT64_MAX, Cursor, PredictionQuery, Store, StoreUnavailable, served_model, storable_text
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ def make_app(store: Store, hub: LiveHub, image_sources: str = DEFAULT_IMAGE_SOUR
         ("/api/predictions", recent_predictions),
         ("/api/predictions/{tweet_id}/{media_key}", one_prediction),
         ("/api/hashtags", hashtag_counts),
+        ("/api/model", model),
         ("/api/events", live_events),
     )
     for path, handler in routes:
@@ -127,6 +128,12 @@ async def hashtag_counts(request: web.Request) -> web.Response:
             "hashtags": [{"hashtag": c.hashtag, "count": c.count} for c in counts],
         }
     )
+
+
+async def model(request: web.Request) -> web.Response:
+    """The model that made the newest prediction, and whether its weights are meaningful."""
+    newest = (await request.app[STORE].recent(PredictionQuery(limit=1))).items
+    return _json({"model": served_model(newest[0] if newest else None)})
 
 
 async def live_events(request: web.Request) -> web.StreamResponse:

@@ -92,6 +92,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE predictions ADD COLUMN nul_escaped BOOLEAN NOT NULL DEFAULT false;
     """,
+    # 3: whether the model's weights are meaningful, as it declared (NULL: it did not say).
+    """
+    ALTER TABLE predictions ADD COLUMN model_weights_meaningful BOOLEAN;
+    """,
 )
 
 #: the text columns a record may fill with anything its author wrote (ids and hashtags never hold NUL: store.to_row)

@@ -91,6 +91,10 @@ MIGRATIONS: tuple[str, ...] = (
         ON prediction_hashtags (hashtag, classify_ts_ms, tweet_id, media_key);
     CREATE INDEX prediction_hashtags_by_time ON prediction_hashtags (classify_ts_ms);
     """,
+    # 3: whether the model's weights are meaningful, as it declared (NULL: it did not say).
+    """
+    ALTER TABLE predictions ADD COLUMN model_weights_meaningful INTEGER;
+    """,
 )
 
 _UPSERT = (

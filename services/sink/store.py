@@ -32,8 +32,8 @@ OnStored = Callable[[Prediction], None]
 # Columns of the `predictions` table in both backends, in insert order.
 COLUMNS = (
     "tweet_id", "media_key", "image_url", "post_url", "text", "author_username", "priority", "hashtags",
-    "scores", "top_score", "model_name", "model_version", "ingest_ts_ms", "fetch_ts_ms", "classify_ts_ms",
-    "stored_ts_ms",
+    "scores", "top_score", "model_name", "model_version", "model_weights_meaningful", "ingest_ts_ms",
+    "fetch_ts_ms", "classify_ts_ms", "stored_ts_ms",
 )  # fmt: skip
 
 # What the API shows of a row; `top_score` is an index helper.
@@ -218,9 +218,28 @@ def to_prediction(row: Mapping[str, Any]) -> Prediction:
     for key in ("hashtags", "scores"):
         if isinstance(item[key], str):
             item[key] = json.loads(item[key])
+    if item["model_weights_meaningful"] is not None:  # SQLite has no booleans: 0 or 1
+        item["model_weights_meaningful"] = bool(item["model_weights_meaningful"])
     # Ingest to stored: how long the post took to become visible here.
     item["end_to_end_ms"] = item["stored_ts_ms"] - item["ingest_ts_ms"]
     return item
+
+
+def served_model(newest: Prediction | None) -> dict[str, Any] | None:
+    """The model that made the newest stored prediction, as `GET /api/model` describes it.
+
+    The predictions carry what the model declared when the classifier read it, so this says
+    which model made what the store holds now: a model swapped in shows here with its first
+    prediction, and rows made before keep their own model's word.
+    """
+    if newest is None:
+        return None
+    return {
+        "name": newest["model_name"],
+        "version": newest["model_version"],
+        "weights_meaningful": newest["model_weights_meaningful"],
+        "classify_ts_ms": newest["classify_ts_ms"],
+    }
 
 
 def page_of(rows: list[Prediction], limit: int) -> Page:

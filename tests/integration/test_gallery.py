@@ -286,6 +286,15 @@ def test_the_gallery_shows_filters_and_updates_live(sink: Sink, tmp_path: Path) 
                 timeout=WAIT_MS,
             )
 
+            # These records say their model has stand-in weights; a newer one from a model that
+            # does not say turns the notice from a warning into a caution.
+            notice = page.locator("#model-notice")
+            expect(notice).to_have_attribute("data-state", "standin")
+            sink.send("110", (("cats", 0.5),), image=2, model_name="unlabelled", model_weights_meaningful=None)
+            expect(notice).to_have_attribute("data-state", "unknown", timeout=WAIT_MS)
+            expect(notice).to_contain_text("unlabelled (version 1) does not say whether its weights are meaningful")
+            expect(page.locator('.card[data-tweet-id="110"] .model')).to_have_text("")
+
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "gallery.png"), full_page=True)
         finally:

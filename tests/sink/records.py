@@ -25,6 +25,7 @@ def prediction(
         "scores": {tag: score for tag, score in tags} | {"others": 0.01},
         "model_name": "resnet50",
         "model_version": "1",
+        "model_weights_meaningful": False,
         "ingest_ts_ms": ts - 50,
         "fetch_ts_ms": ts - 20,
         "classify_ts_ms": ts,

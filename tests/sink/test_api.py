@@ -220,6 +220,30 @@ async def read_event(response: aiohttp.ClientResponse) -> tuple[str, str]:
             data += line.removeprefix("data: ")
 
 
+async def test_the_model_is_the_one_of_the_newest_prediction_with_what_it_declared(api: Api) -> None:
+    status, body = await api.get("/api/model")
+    assert (status, body) == (200, {"model": None})
+
+    await api.store.upsert(prediction("1", ts=1_000, model_name="resnet50", model_weights_meaningful=False))
+    _, body = await api.get("/api/model")
+    assert body == {"model": {"name": "resnet50", "version": "1", "weights_meaningful": False, "classify_ts_ms": 1_000}}
+
+    # Another model takes over: it is the served one from its first prediction on...
+    await api.store.upsert(prediction("2", ts=2_000, model_version="2", model_weights_meaningful=True))
+    _, body = await api.get("/api/model")
+    assert body["model"] == {"name": "resnet50", "version": "2", "weights_meaningful": True, "classify_ts_ms": 2_000}
+    # ...and the earlier prediction keeps its own model's word.
+    _, first = await api.get("/api/predictions/1/3_1", "/api/predictions/{tweet_id}/{media_key}")
+    assert (first["model_version"], first["model_weights_meaningful"]) == ("1", False)
+
+    # A model that does not say, or a record written before the field existed: unknown, not "meaningful".
+    older_record = prediction("3", ts=3_000, model_name="other")
+    del older_record["model_weights_meaningful"]
+    await api.store.upsert(older_record)
+    _, body = await api.get("/api/model")
+    assert body["model"] == {"name": "other", "version": "1", "weights_meaningful": None, "classify_ts_ms": 3_000}
+
+
 async def test_live_events_carry_the_predictions_that_pass_the_filters(api: Api) -> None:
     async with api.session.get(api.base + "/api/events", params={"hashtag": "cats", "min_score": "0.5"}) as events:
         assert events.status == 200

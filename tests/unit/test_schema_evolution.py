@@ -41,6 +41,7 @@ RELEASED = {
     ("images", 2): "01e823c1f3df6c1b",
     ("predictions", 1): "e3ab2740e39d4392",
     ("predictions", 2): "39e7a091663c8b49",
+    ("predictions", 3): "42d8878407999516",
 }
 
 

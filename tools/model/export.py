@@ -19,6 +19,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -33,6 +34,12 @@ from .vocabulary import REPOSITORY, checkpoint_groups, imagenet_groups, mapping_
 
 GPU_MODEL = Path("gpu") / "resnet50" / "1" / "model.onnx"  # in a model repository
 CPU_MODEL = Path("cpu") / "resnet50" / "1" / "model.onnx"
+# Triton's config of each form: its `weights_meaningful` parameter says what the weights are
+# worth, so whoever serves the repository serves that fact with the weights.
+CONFIGS = (Path("gpu") / "resnet50" / "config.pbtxt", Path("cpu") / "resnet50" / "config.pbtxt")
+WEIGHTS_PARAMETER = re.compile(
+    r'parameters\s*\{\s*key:\s*"weights_meaningful"\s*value:\s*\{\s*string_value:\s*"[^"]*"\s*\}\s*\}'
+)
 # The opt-in virtualenv with torch (`make torch-venv`): the torch sources run there when the
 # interpreter at hand has no torch, so `make model FORCE=1 CHECKPOINT=...` works as written.
 TORCH_PYTHON = REPOSITORY.parent / ".venv-torch" / "bin" / "python"
@@ -213,6 +220,28 @@ def write_atomically(model: onnx.ModelProto, out: Path) -> None:
     tmp.replace(out)
 
 
+def with_weights_parameter(config: str, meaningful: bool) -> str:
+    """A Triton model config declaring whether its weights are meaningful (the classifier
+    reads the parameter and carries it into every prediction), replacing any declaration."""
+    block = (
+        'parameters {\n  key: "weights_meaningful"\n'
+        f'  value: {{ string_value: "{"true" if meaningful else "false"}" }}\n}}'
+    )
+    if WEIGHTS_PARAMETER.search(config):
+        return WEIGHTS_PARAMETER.sub(block, config, count=1)
+    return f"{config.rstrip()}\n\n# Written by tools/model/export.py with the weights.\n{block}\n"
+
+
+def declare_weights(repository: Path, meaningful: bool) -> None:
+    """Write the weights' worth into the configs of the repository's forms (those it has)."""
+    for path in (repository / config for config in CONFIGS):
+        if path.exists():
+            text = path.read_text()
+            declared = with_weights_parameter(text, meaningful)
+            if declared != text:
+                path.write_text(declared)
+
+
 def link_into(source: Path, target: Path) -> None:
     """The CPU repository serves the very same file: a hard link, or a copy across devices."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -236,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     if gpu_model.exists() and cpu_model.exists() and not args.force:
         info = json.loads(info_path.read_text()) if info_path.exists() else {}
         print(f"{gpu_model} exists ({info.get('source', 'unknown source')}); --force to export again", file=sys.stderr)
+        if "meaningful" in info:  # the configs say what model.json says, whatever edited them since
+            declare_weights(args.repository, bool(info["meaningful"]))
         if not info.get("meaningful", False):
             print(NOTICE, file=sys.stderr)
         return 0
@@ -248,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     info = export(args.source, gpu_model, args.checkpoint, args.classes.split(","))
     info_path.write_text(json.dumps(info, indent=2) + "\n")
     link_into(gpu_model, cpu_model)
+    declare_weights(args.repository, bool(info["meaningful"]))
     print(
         f"wrote {gpu_model} and {cpu_model} ({gpu_model.stat().st_size / 1e6:.1f} MB): {info['source']}",
         file=sys.stderr,

@@ -13,6 +13,7 @@ const statusLine = document.getElementById("status");
 const hashtagSelect = document.getElementById("hashtag");
 const minScoreInput = document.getElementById("min-score");
 const minScoreValue = document.getElementById("min-score-value");
+const modelNotice = document.getElementById("model-notice");
 const cardTemplate = document.getElementById("card-template");
 const tagTemplate = document.getElementById("tag-template");
 
@@ -22,6 +23,7 @@ const state = {
   nextCursor: null,
   generation: 0, // bumped on every filter change: late answers of older ones are dropped
   source: null,
+  model: null, // the model of the newest prediction seen, as /api/model describes it
 };
 
 const keyOf = (item) => `${item.tweet_id}/${item.media_key}`;
@@ -38,6 +40,45 @@ function safeUrl(raw) {
     return url.protocol === "https:" || url.protocol === "http:" ? url.href : null;
   } catch {
     return null;
+  }
+}
+
+const modelOf = (item) => ({
+  name: item.model_name,
+  version: item.model_version,
+  weights_meaningful: item.model_weights_meaningful,
+  classify_ts_ms: item.classify_ts_ms,
+});
+
+// The notice speaks of the model that made the newest prediction: a model swapped in takes
+// over with its first prediction, and the cards of the one before keep their own mark.
+function showModel(served) {
+  if (served && state.model && served.classify_ts_ms < state.model.classify_ts_ms) return;
+  state.model = served;
+  const named = served ? `${served.name} (version ${served.version})` : "";
+  if (!served || served.weights_meaningful === true) {
+    modelNotice.hidden = true;
+    modelNotice.textContent = "";
+    delete modelNotice.dataset.state;
+  } else if (served.weights_meaningful === false) {
+    modelNotice.dataset.state = "standin";
+    modelNotice.textContent =
+      `Stand-in model: ${named} has stand-in weights, so its hashtags and scores mean nothing. ` +
+      "They show the pipeline working, not what the pictures hold.";
+    modelNotice.hidden = false;
+  } else {
+    modelNotice.dataset.state = "unknown";
+    modelNotice.textContent =
+      `The model ${named} does not say whether its weights are meaningful: its hashtags may mean nothing.`;
+    modelNotice.hidden = false;
+  }
+}
+
+async function loadModel() {
+  try {
+    showModel((await getJson("/api/model")).model);
+  } catch (error) {
+    console.warn("the served model is unknown", error);
   }
 }
 
@@ -73,6 +114,12 @@ function buildCard(item) {
   card.querySelector(".text").textContent = item.text;
   card.querySelector(".author").textContent = item.author_username ? `@${item.author_username}` : "";
   card.querySelector(".latency").textContent = `${formatLatency(item.end_to_end_ms)} end to end`;
+  if (item.model_weights_meaningful === false) {
+    card.classList.add("standin");
+    const model = card.querySelector(".model");
+    model.textContent = "stand-in model";
+    model.title = `${item.model_name} (version ${item.model_version}) has stand-in weights: these hashtags mean nothing`;
+  }
   const when = card.querySelector(".when");
   const classified = new Date(item.classify_ts_ms);
   when.dateTime = classified.toISOString();
@@ -156,6 +203,7 @@ function subscribe() {
   source.addEventListener("open", async () => {
     loaded = false;
     setStatus("loading", "loading…");
+    loadModel();
     try {
       if (!(await loadPage({ append: false }))) return;
     } catch (error) {
@@ -172,6 +220,7 @@ function subscribe() {
 
   source.addEventListener("prediction", (event) => {
     const item = JSON.parse(event.data);
+    showModel(modelOf(item));
     for (const { hashtag } of item.hashtags) addHashtagOption(hashtag, undefined);
     if (loaded) placeCard(item, { fresh: true });
     else held.push(item);
@@ -207,3 +256,5 @@ showMinScore();
 await loadHashtags();
 applyFilters();
 setInterval(loadHashtags, COUNTS_REFRESH_MS);
+// Live events carry only what passes the filters: the newest prediction may be another.
+setInterval(loadModel, COUNTS_REFRESH_MS);
