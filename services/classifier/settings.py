@@ -25,7 +25,7 @@ class ClassifierSettings(StreamSettings):
     processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
     #: records between consuming and producing; they wait here after the shedding decision, so
     #: keep it near 2 x max_batch_size x max_requests_in_flight
-    max_in_flight: int = 64
+    max_in_flight: int = Field(default=64, ge=1)
     triton_url: str = "localhost:8001"
     model_name: str = "resnet50"
     #: empty: the newest version Triton serves

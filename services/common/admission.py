@@ -15,13 +15,16 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Message, TopicPartition
 
 from . import metrics
 from .deadletters import Source
 from .downstream import DownstreamWatch
 from .envelope import Envelope
 from .kafka import AUTO_COMMIT_INTERVAL_S, Outgoing
-from .positions import TopicPartition
+from .positions import PartitionKey
 from .settings import StreamSettings
 from .shedding import Lag, ShedPolicy
 
@@ -32,10 +35,21 @@ log = logging.getLogger(__name__)
 class Reading:
     """The newest record read from one partition in a fetch, and that partition's high watermark."""
 
-    topic_partition: TopicPartition
+    topic_partition: PartitionKey
     offset: int
     timestamp_ms: int
     high_watermark: int
+
+
+async def readings(consumer: Any, messages: list[Message]) -> list[Reading]:
+    """The newest record of each partition in a fetch, with the partition's high watermark (as
+    the consumer last heard it: no request)."""
+    newest = {Source.of(m).partition_key: m for m in messages}
+    found = []
+    for (topic, partition), m in newest.items():
+        _, high = await consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+        found.append(Reading((topic, partition), Source.of(m).offset, m.timestamp()[1], high))
+    return found
 
 
 def partition_lag(reading: Reading, now_s: float) -> Lag:
@@ -53,7 +67,7 @@ class Admission:
             min_dwell_s=settings.shed_min_dwell_s,
         )
         self.downstream = downstream
-        self._lags: dict[TopicPartition, Lag] = {}
+        self._lags: dict[PartitionKey, Lag] = {}
         # Series that exist from the start, so dashboards show a zero rather than nothing.
         metrics.SHED_LEVEL.labels(stage).set(0)
         metrics.SHED_MIN_PRIORITY.labels(stage).set(float("nan"))
@@ -90,7 +104,7 @@ class Admission:
             metrics.CONSUMER_LAG_SECONDS.labels(self.stage, topic, str(partition)).set(lag.seconds)
         self._update_level()
 
-    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+    def forget(self, partitions: Iterable[PartitionKey]) -> None:
         for tp in partitions:
             self._lags.pop(tp, None)
 

@@ -11,6 +11,9 @@ with the positions of exactly those records (`send_offsets_to_transaction`), so 
 holds the outputs of the offsets it commits and no others. A failed transaction is aborted and
 the input rewound to the committed positions, so its records are processed again and nothing
 of the failed attempt is ever visible to a read_committed reader.
+
+Both track the records in flight (`services/common/positions.py`); the loop asks them, not
+the positions, what a record's ticket is and whether it still counts.
 """
 
 from __future__ import annotations
@@ -19,23 +22,31 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from . import metrics
-from .delivery import DEFAULT_BACKOFF, Backoff, Producer, Replace, deliver, refused
-from .kafka import DeliveryError, OnFatal, Outgoing
-from .positions import Positions, Ticket
-from .positions import TopicPartition as TP
+from .delivery import DEFAULT_BACKOFF, Backoff, Producer, Replace, deliver, send
+from .kafka import OnFatal, Outgoing
+from .positions import PartitionKey, Positions, Ticket
 
 log = logging.getLogger(__name__)
 
 
 class Commits(Protocol):
-    positions: Positions[Any]
+    @property
+    def failed(self) -> bool:
+        """Nothing more can be committed: the process is ending."""
+
+    def track(self, topic: str, partition: int, offset: int) -> Ticket:
+        """A record was read."""
+
+    def current(self, ticket: Ticket) -> bool:
+        """The record still counts: its partition was not revoked, lost or rewound since."""
 
     async def start(self) -> None:
         """Before the first record."""
@@ -46,10 +57,10 @@ class Commits(Protocol):
     async def checkpoint(self, consumer: Any, final: bool = False) -> None:
         """Commit what may be committed; called every turn of the loop, and at the end."""
 
-    async def revoked(self, consumer: Any, partitions: Iterable[TP]) -> None:
+    async def revoked(self, consumer: Any, partitions: Iterable[PartitionKey]) -> None:
         """`partitions` are being taken away: commit what they finished, forget the rest."""
 
-    async def lost(self, consumer: Any, partitions: Iterable[TP]) -> None:
+    async def lost(self, consumer: Any, partitions: Iterable[PartitionKey]) -> None:
         """`partitions` were taken away without notice: commit nothing of them."""
 
 
@@ -59,6 +70,13 @@ class AtLeastOnce:
         self.stage = stage
         self.backoff = backoff
         self.positions: Positions[None] = Positions()
+        self.failed = False  # a write is retried until it succeeds: nothing here ends the process
+
+    def track(self, topic: str, partition: int, offset: int) -> Ticket:
+        return self.positions.track(topic, partition, offset)
+
+    def current(self, ticket: Ticket) -> bool:
+        return self.positions.current(ticket)
 
     async def start(self) -> None:
         pass
@@ -74,16 +92,16 @@ class AtLeastOnce:
             return
         try:
             await consumer.store_offsets(offsets=_offsets(moved))
-        except KafkaException as exc:  # a partition revoked meanwhile: its new owner re-reads
+        except KafkaException as exc:  # a partition no longer assigned: its next owner reads on from its last commit
             log.info("offsets not stored", extra={"fields": {"error": str(exc)}})
 
-    async def revoked(self, consumer: Any, partitions: Iterable[TP]) -> None:
+    async def revoked(self, consumer: Any, partitions: Iterable[PartitionKey]) -> None:
         # What finished is stored now, so the commit on revocation includes it.
         final = self.positions.revoke(partitions)
         if final:
             await consumer.store_offsets(offsets=_offsets(final))
 
-    async def lost(self, consumer: Any, partitions: Iterable[TP]) -> None:
+    async def lost(self, consumer: Any, partitions: Iterable[PartitionKey]) -> None:
         self.positions.revoke(partitions)
 
 
@@ -102,6 +120,11 @@ class _Released:
 
 
 class ExactlyOnce:
+    """Transactions over the loop. Every call comes from the loop's own task (`checkpoint`), or
+    from a rebalance callback while that task waits inside `consume`, so commits, aborts and
+    rewinds never overlap; records finishing meanwhile (`complete`, from the record tasks) never
+    write into a transaction that is being committed: they wait for the next one."""
+
     def __init__(
         self,
         producer: Transactional,
@@ -109,23 +132,38 @@ class ExactlyOnce:
         on_fatal: OnFatal,
         commit_interval_s: float = 0.1,
         backoff: Backoff = DEFAULT_BACKOFF,
+        lookup_timeout_s: float = 10.0,
+        rewind_timeout_s: float = 60.0,
     ) -> None:
         self.producer = producer
         self.stage = stage
         self.on_fatal = on_fatal
         self.commit_interval_s = commit_interval_s
         self.backoff = backoff
-        self.commit_timeout_s = 10.0
+        self.lookup_timeout_s = lookup_timeout_s
+        self.rewind_timeout_s = rewind_timeout_s
         self.positions: Positions[_Released] = Positions()
+        self.failed = False
         self._open = False  # a transaction is open and taking records
+        self._doomed = False  # a write of the open transaction failed: it must be aborted
         self._waiting: list[_Released] = []  # released while a commit ran: for the next transaction
-        self._lock = asyncio.Lock()  # one commit or abort at a time
         self._produced: Counter[str] = Counter()  # outputs in the open transaction, by topic
         self._last_commit = time.monotonic()
-        self._failed = False
+        self._aborts_in_a_row = 0
+
+    def track(self, topic: str, partition: int, offset: int) -> Ticket:
+        return self.positions.track(topic, partition, offset)
+
+    def current(self, ticket: Ticket) -> bool:
+        return self.positions.current(ticket)
 
     async def start(self) -> None:
-        await self.producer.init_transactions()
+        """Fence any earlier producer with this transactional id, then open a transaction."""
+        try:
+            await self._retrying(self.producer.init_transactions)
+        except KafkaException as exc:
+            self._fail(exc.args[0])
+            return
         await self._begin()
 
     async def complete(self, ticket: Ticket, records: Sequence[Outgoing], replace: Replace) -> None:
@@ -135,22 +173,20 @@ class ExactlyOnce:
     async def checkpoint(self, consumer: Any, final: bool = False) -> None:
         if not final and time.monotonic() - self._last_commit < self.commit_interval_s:
             return
-        async with self._lock:
-            await self._commit(consumer, self.positions.take(), begin=not final)
+        await self._commit(consumer, self.positions.take(), begin=not final)
 
-    async def revoked(self, consumer: Any, partitions: Iterable[TP]) -> None:
-        async with self._lock:
-            # Dropped first: a record of theirs finishing during the commit is not released.
-            final = self.positions.revoke(partitions)
-            await self._commit(consumer, self.positions.take() | final, begin=True)
+    async def revoked(self, consumer: Any, partitions: Iterable[PartitionKey]) -> None:
+        # Dropped first: a record of theirs finishing during the commit is not released.
+        final = self.positions.revoke(partitions)
+        await self._commit(consumer, self.positions.take() | final, begin=True)
 
-    async def lost(self, consumer: Any, partitions: Iterable[TP]) -> None:
+    async def lost(self, consumer: Any, partitions: Iterable[PartitionKey]) -> None:
         # The open transaction may hold outputs of the lost partitions, whose offsets are no
         # longer ours to commit: it is aborted, and the partitions still ours read again.
         lost = set(partitions)
-        async with self._lock:
-            self.positions.revoke(lost)
-            await self._abort_and_rewind(consumer, "partitions lost", keep_out=lost)
+        self.positions.revoke(lost)
+        if await self._abort(f"partitions lost: {sorted(lost)}"):
+            await self._rewind(consumer, keep_out=lost)
             await self._begin()
 
     def _write(self, released: _Released) -> None:
@@ -158,71 +194,55 @@ class ExactlyOnce:
             self._waiting.append(released)
             return
         for record in released.records:
-            future = self.producer.send(record)
-            if future.done() and isinstance(future.exception(), DeliveryError):
-                error = future.exception()
-                assert isinstance(error, DeliveryError)
-                if refused(error):  # refused before it was sent: the transaction is unharmed
-                    substitute = released.replace(record, error)
-                    log.warning("record refused, writing a substitute", extra={"fields": {"error": str(error)}})
-                    future = self.producer.send(substitute)
-            if record.kind == "output":
-                self._produced[record.topic] += 1
+            sent = send(self.producer, record, released.replace)
+            sent.future.add_done_callback(_retrieved)
+            if sent.future.done() and sent.future.exception() is not None:
+                # Written neither it nor a substitute (a topic missing or not allowed): this
+                # transaction must not commit the offset of its record.
+                log.warning("write failed in a transaction", extra={"fields": {"error": str(sent.future.exception())}})
+                self._doomed = True
+            elif sent.record.kind == "output":
+                self._produced[sent.record.topic] += 1
 
-    async def _commit(self, consumer: Any, offsets: dict[TP, int], begin: bool) -> None:
-        """Commit the open transaction with `offsets`; on failure abort and rewind. Then, unless
-        this is the last one, open the next transaction."""
+    async def _commit(self, consumer: Any, offsets: dict[PartitionKey, int], begin: bool) -> None:
+        """Commit the open transaction with `offsets`; on failure abort it and, unless this is
+        the last one, rewind. Then, unless this is the last one, open the next transaction."""
         self._last_commit = time.monotonic()
-        if self._failed or not self._open:
+        if self.failed or not self._open or not offsets:
             return
-        if offsets:
-            self._open = False
-            started = time.monotonic()
-            try:
-                await self._commit_retrying(consumer, offsets)
-            except KafkaException as exc:
-                error: KafkaError = exc.args[0]
-                if error.fatal():
-                    self._fail(error)
-                    return
-                await self._abort_and_rewind(consumer, str(error))
-            else:
-                metrics.TRANSACTIONS.labels(self.stage, "committed").inc()
-                metrics.TRANSACTION_SECONDS.labels(self.stage).observe(time.monotonic() - started)
-                for topic, count in self._produced.items():
-                    metrics.RECORDS_PRODUCED.labels(self.stage, topic).inc(count)
-            self._produced.clear()
-            if begin:
-                await self._begin()
-
-    async def _commit_retrying(self, consumer: Any, offsets: dict[TP, int]) -> None:
-        metadata = await consumer.consumer_group_metadata()
-        await self._retrying(lambda: self.producer.send_offsets_to_transaction(_offsets(offsets), metadata))
-        await self._retrying(self.producer.commit_transaction)
-
-    async def _retrying(self, call: Any) -> None:
-        """librdkafka asks for a retriable transactional call to be made again."""
-        attempt = 0
-        while True:
-            try:
-                await call()
+        self._open = False
+        started = time.monotonic()
+        try:
+            if self._doomed:
+                raise KafkaException(KafkaError(KafkaError._STATE, "a write failed", txn_requires_abort=True))
+            metadata = await consumer.consumer_group_metadata()
+            await self._retrying(lambda: self.producer.send_offsets_to_transaction(_offsets(offsets), metadata))
+            await self._retrying(self.producer.commit_transaction)
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            if error.fatal():
+                self._fail(error)
                 return
-            except KafkaException as exc:
-                if not exc.args[0].retriable():
-                    raise
-                delay = self.backoff.delay(attempt)
-                attempt += 1
-                log.warning(
-                    "transaction call failed, retrying", extra={"fields": {"error": str(exc), "retry_in_s": delay}}
-                )
-                await asyncio.sleep(delay)
+            if not await self._abort(str(error)):
+                return
+            if begin:
+                await self._rewind(consumer)
+        else:
+            self._aborts_in_a_row = 0
+            metrics.TRANSACTIONS.labels(self.stage, "committed").inc()
+            metrics.TRANSACTION_SECONDS.labels(self.stage).observe(time.monotonic() - started)
+            for topic, count in self._produced.items():
+                metrics.RECORDS_PRODUCED.labels(self.stage, topic).inc(count)
+        self._produced.clear()
+        if begin:
+            await self._begin()
 
-    async def _abort_and_rewind(self, consumer: Any, why: str, keep_out: set[TP] | None = None) -> None:
-        """Abort the open transaction and read every partition (but `keep_out`) again from its
-        committed position."""
+    async def _abort(self, why: str) -> bool:
+        """Abort the open transaction and forget every record in flight; False when the producer
+        cannot go on (the process ends)."""
         log.warning("transaction aborted, input rewound", extra={"fields": {"stage": self.stage, "why": why[:500]}})
         metrics.TRANSACTIONS.labels(self.stage, "aborted").inc()
-        self._open = False
+        self._open = self._doomed = False
         self._waiting.clear()
         self._produced.clear()
         self.positions.reset()
@@ -230,20 +250,29 @@ class ExactlyOnce:
             await self._retrying(self.producer.abort_transaction)
         except KafkaException as exc:  # not retriable: the producer is in no state to go on
             self._fail(exc.args[0])
-            return
-        partitions = [p for p in await consumer.assignment() if (p.topic, p.partition) not in (keep_out or set())]
-        if partitions:
-            await self._rewind(consumer, partitions)
+            return False
+        # The same failure again at once (a topic missing) would spin: each abort in a row waits longer.
+        await asyncio.sleep(self.backoff.delay(self._aborts_in_a_row) if self._aborts_in_a_row else 0)
+        self._aborts_in_a_row += 1
+        return True
 
-    async def _rewind(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        """Seek `partitions` to their committed positions; the group coordinator may be moving
-        (a broker restarting), so asking is retried until it answers."""
-        attempt = 0
+    async def _rewind(self, consumer: Any, keep_out: AbstractSet[PartitionKey] = frozenset()) -> None:
+        """Seek every assigned partition (but `keep_out`) to its committed position. The group
+        coordinator may be moving (a broker restarting), so asking is retried; if it cannot be
+        asked for `rewind_timeout_s`, reading on from the wrong positions is not an option: the
+        process ends."""
+        partitions = [p for p in await consumer.assignment() if (p.topic, p.partition) not in keep_out]
+        if not partitions:
+            return
+        deadline, attempt = time.monotonic() + self.rewind_timeout_s, 0
         while True:
             try:
-                committed = await consumer.committed(partitions, timeout=self.commit_timeout_s)
+                committed = await consumer.committed(partitions, timeout=self.lookup_timeout_s)
                 break
             except KafkaException as exc:
+                if time.monotonic() > deadline:
+                    self._fail(exc.args[0])
+                    return
                 delay = self.backoff.delay(attempt)
                 attempt += 1
                 fields = {"error": str(exc), "retry_in_s": delay}
@@ -253,11 +282,11 @@ class ExactlyOnce:
             offset = position.offset if position.offset >= 0 else OFFSET_BEGINNING
             try:
                 await consumer.seek(TopicPartition(position.topic, position.partition, offset))
-            except KafkaException as exc:  # taken away meanwhile: its next owner reads it
+            except KafkaException as exc:  # no longer fetched (revoked meanwhile): its next owner reads it
                 log.info("not rewound", extra={"fields": {"partition": position.partition, "error": str(exc)}})
 
     async def _begin(self) -> None:
-        if self._failed:
+        if self.failed:
             return
         try:
             await self.producer.begin_transaction()
@@ -269,11 +298,34 @@ class ExactlyOnce:
         for released in waiting:
             self._write(released)
 
+    async def _retrying(self, call: Callable[[], Awaitable[None]]) -> None:
+        """librdkafka asks for a retriable transactional call to be made again."""
+        attempt = 0
+        while True:
+            try:
+                await call()
+                return
+            except KafkaException as exc:
+                if not exc.args[0].retriable():
+                    raise
+                delay = self.backoff.delay(attempt)
+                attempt += 1
+                fields = {"error": str(exc), "retry_in_s": delay}
+                log.warning("transaction call failed, retrying", extra={"fields": fields})
+                await asyncio.sleep(delay)
+
     def _fail(self, error: KafkaError) -> None:
-        self._failed = True
+        self.failed = True
         self._open = False
         self.on_fatal(f"transactional producer: {error}")
 
 
-def _offsets(positions: dict[TP, int]) -> list[TopicPartition]:
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """A transaction's write fails with the transaction, which says so: the write's own failure
+    is read here only so that asyncio does not report it as never retrieved."""
+    if not future.cancelled():
+        future.exception()
+
+
+def _offsets(positions: dict[PartitionKey, int]) -> list[TopicPartition]:
     return [TopicPartition(topic, partition, offset) for (topic, partition), offset in positions.items()]

@@ -42,7 +42,7 @@ class Source:
         return cls(topic, partition, offset)
 
     @property
-    def topic_partition(self) -> tuple[str, int]:
+    def partition_key(self) -> tuple[str, int]:
         return (self.topic, self.partition)
 
     def headers(self) -> list[tuple[str, bytes]]:

@@ -6,7 +6,8 @@ exponential backoff, until it is delivered or the process ends. A stage therefor
 leaves a partition stuck behind a record it gave up on, and never commits past one.
 
 The one failure retrying cannot cure is a record the broker refuses for its size: the
-caller's `replace` gives something smaller to write in its place.
+caller's `replace` gives something smaller to write in its place (an output's input as a dead
+letter, a copy of the input cut to fit). One policy for both delivery guarantees: `send`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ _REFUSED = {
     KafkaError.INVALID_RECORD,
     KafkaError.INVALID_MSG,
 }
+#: how many substitutes a refused record gets: the second, a copy cut to 64 KiB, always fits
+MAX_SUBSTITUTES = 2
 
 
 class Producer(Protocol):
@@ -41,9 +44,9 @@ class Producer(Protocol):
 Replace = Callable[[Outgoing, DeliveryError], Outgoing]
 
 
-def refused(error: DeliveryError) -> bool:
+def refused(error: BaseException | None) -> bool:
     """No retry can get this record written."""
-    return error.error.code() in _REFUSED
+    return isinstance(error, DeliveryError) and error.error.code() in _REFUSED
 
 
 @dataclass(frozen=True)
@@ -59,31 +62,50 @@ class Backoff:
 DEFAULT_BACKOFF = Backoff()
 
 
+@dataclass(frozen=True)
+class Sent:
+    record: Outgoing  # what was written: the record, or the substitute of a refused one
+    future: asyncio.Future[Message]
+    substitutes: int
+
+
+def send(producer: Producer, record: Outgoing, replace: Replace, substitutes: int = 0) -> Sent:
+    """Hand `record` to the producer; one it refuses at once for good (too large for the
+    client) is replaced, and the replacement sent, before this returns."""
+    while True:
+        future = producer.send(record)
+        error = future.exception() if future.done() and not future.cancelled() else None
+        if not refused(error) or substitutes >= MAX_SUBSTITUTES:
+            return Sent(record, future, substitutes)
+        assert isinstance(error, DeliveryError)
+        log.warning("record refused, writing a substitute", extra={"fields": {"error": str(error)}})
+        record, substitutes = replace(record, error), substitutes + 1
+
+
 async def deliver(
     producer: Producer, records: Sequence[Outgoing], stage: str, replace: Replace, backoff: Backoff = DEFAULT_BACKOFF
 ) -> None:
     """Write `records` (in order) and return once the broker has every one of them, or has
     the replacement of one it refused for good."""
-    pending = list(records)
+    pending = [(record, 0) for record in records]  # with the substitutes each has had
     attempt = 0
     while pending:
-        futures = [producer.send(record) for record in pending]
-        failed: list[tuple[Outgoing, DeliveryError]] = []
-        for record, future in zip(pending, futures, strict=True):
+        sent = [send(producer, record, replace, substitutes) for record, substitutes in pending]
+        pending, failed = [], []
+        for item in sent:
             try:
-                await future
+                await item.future
             except DeliveryError as exc:
-                if not refused(exc):
-                    failed.append((record, exc))
-                    continue
-                substitute = replace(record, exc)
-                log.warning("record refused, writing a substitute", extra={"fields": {"error": str(exc)}})
-                await deliver(producer, [substitute], stage, _cannot_replace, backoff)
+                if refused(exc) and item.substitutes < MAX_SUBSTITUTES:  # refused by the broker itself
+                    log.warning("record refused, writing a substitute", extra={"fields": {"error": str(exc)}})
+                    pending.append((replace(item.record, exc), item.substitutes + 1))
+                else:
+                    failed.append((item, exc))
             else:
-                if record.kind == "output":
-                    metrics.RECORDS_PRODUCED.labels(stage, record.topic).inc()
+                if item.record.kind == "output":
+                    metrics.RECORDS_PRODUCED.labels(stage, item.record.topic).inc()
         if not failed:
-            return
+            continue
         delay = backoff.delay(attempt)
         attempt += 1
         metrics.DELIVERY_RETRIES.labels(stage).inc(len(failed))
@@ -92,8 +114,4 @@ async def deliver(
             extra={"fields": {"count": len(failed), "error": str(failed[0][1]), "retry_in_s": delay}},
         )
         await asyncio.sleep(delay)
-        pending = [record for record, _ in failed]
-
-
-def _cannot_replace(record: Outgoing, error: DeliveryError) -> Outgoing:
-    raise DeliveryError(error.error) from None
+        pending += [(item.record, item.substitutes) for item, _ in failed]

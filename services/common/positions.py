@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 R = TypeVar("R")
-TopicPartition = tuple[str, int]
+#: a partition as (topic, partition number)
+PartitionKey = tuple[str, int]
 
 
 class _Partition(Generic[R]):
@@ -59,7 +60,7 @@ class Ticket:
     _tracker: object = field(repr=False, compare=False)
 
     @property
-    def topic_partition(self) -> TopicPartition:
+    def partition_key(self) -> PartitionKey:
         return (self.topic, self.partition)
 
 
@@ -67,31 +68,34 @@ class Positions(Generic[R]):
     """Per-partition offset tracking for one consumer, and the positions ready to commit."""
 
     def __init__(self) -> None:
-        self._partitions: dict[TopicPartition, _Partition[R]] = {}
-        self._moved: dict[TopicPartition, int] = {}
+        self._partitions: dict[PartitionKey, _Partition[R]] = {}
+        self._moved: dict[PartitionKey, int] = {}
 
     def track(self, topic: str, partition: int, offset: int) -> Ticket:
         tracker = self._partitions.setdefault((topic, partition), _Partition())
         tracker.add(offset)
         return Ticket(topic, partition, offset, tracker)
 
+    def current(self, ticket: Ticket) -> bool:
+        """The record's partition has not been revoked (or rewound) since it was read."""
+        return self._partitions.get(ticket.partition_key) is ticket._tracker
+
     def complete(self, ticket: Ticket, result: R | None = None) -> list[R] | None:
         """Mark the record done; the results released in offset order, or None when its
         partition was revoked (or rewound) since it was read: nothing of it may be written."""
-        tracker = self._partitions.get(ticket.topic_partition)
-        if tracker is None or tracker is not ticket._tracker:
+        if not self.current(ticket):
             return None
-        position, released = tracker.complete(ticket.offset, result)
+        position, released = self._partitions[ticket.partition_key].complete(ticket.offset, result)
         if position is not None:
-            self._moved[ticket.topic_partition] = position
+            self._moved[ticket.partition_key] = position
         return released
 
-    def take(self) -> dict[TopicPartition, int]:
+    def take(self) -> dict[PartitionKey, int]:
         """The positions that moved since the last call, to commit."""
         moved, self._moved = self._moved, {}
         return moved
 
-    def revoke(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+    def revoke(self, partitions: Iterable[PartitionKey]) -> dict[PartitionKey, int]:
         """Stop tracking `partitions`; return the positions they reached and were not taken."""
         final = {}
         for tp in partitions:
@@ -104,6 +108,3 @@ class Positions(Generic[R]):
         """Forget every record in flight and every position not taken (after a rewind)."""
         self._partitions.clear()
         self._moved.clear()
-
-    def in_flight(self) -> int:
-        return sum(len(tracker.pending) for tracker in self._partitions.values())

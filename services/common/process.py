@@ -50,8 +50,8 @@ Handler = Callable[[Record], Awaitable[Sequence[Output | DeadLetter]]]
 @dataclass(frozen=True)
 class Outcome:
     records: list[Outgoing]
-    #: the input's envelope; None when it was shed or could not be read
-    processed: Envelope | None
+    #: the input's envelope when it was processed; None when it was shed or could not be read
+    envelope: Envelope | None
 
 
 class Processor:
@@ -83,18 +83,18 @@ class Processor:
                 )
                 return Outcome([copy] if copy else [], None)
             results = await self._handle(record if record is not None else self.codec.decode(value))
+            records = [
+                Outgoing(r.topic, r.value, r.key, envelope.headers())
+                if isinstance(r, Output)
+                else self.dead_letter(message, envelope, r.reason, r.detail, r.headers)
+                for r in results
+            ]
         except RecordError as exc:
             return Outcome([self.dead_letter(message, envelope, exc.reason, exc.detail)], envelope)
-        except Exception as exc:
+        except Exception as exc:  # a bug met on this record: its dead letter says which
             log.exception("unexpected error on a record", extra={"fields": source.fields()})
             letter = self.dead_letter(message, envelope, "internal_error", f"{type(exc).__name__}: {exc}")
             return Outcome([letter], envelope)
-        records = [
-            Outgoing(r.topic, r.value, r.key, envelope.headers())
-            if isinstance(r, Output)
-            else self.dead_letter(message, envelope, r.reason, r.detail, r.headers)
-            for r in results
-        ]
         return Outcome(records, envelope)
 
     def substitute(self, message: Message, refused: Outgoing, error: DeliveryError) -> Outgoing:

@@ -73,8 +73,8 @@ class StreamSettings(ServiceSettings):
     static_membership: bool = True
     #: how long the group waits for a silent member before giving its partitions to others
     session_timeout_s: float = Field(default=45.0, ge=6, le=300)
-    max_in_flight: int = 64
-    consume_batch_size: int = 64
+    max_in_flight: int = Field(default=64, ge=1)
+    consume_batch_size: int = Field(default=64, ge=1)
     #: dead letters go to `<input topic><dlq_suffix>`
     dlq_suffix: str = DLQ_SUFFIX
     #: drop the lowest priorities first when the consumer falls behind (services/common/shedding.py)

@@ -20,7 +20,7 @@ from typing import Any
 from confluent_kafka import Message, TopicPartition
 
 from . import metrics
-from .admission import Admission, Reading
+from .admission import Admission, readings
 from .avro import Codec
 from .commits import AtLeastOnce, Commits, ExactlyOnce
 from .deadletters import Source
@@ -32,7 +32,7 @@ from .kafka import (
     producer_config,
     transactional_config,
 )
-from .positions import Ticket
+from .positions import PartitionKey, Ticket
 from .process import Handler, Processor
 from .runtime import Runtime
 from .settings import StreamSettings
@@ -40,14 +40,18 @@ from .timeutil import now_ms
 
 log = logging.getLogger(__name__)
 
+#: how long records in flight get to finish at shutdown: with the final commit and the producer's
+#: flush, well within a pod's 60 s termination grace
+DRAIN_S = 20.0
+
 
 class StreamLoop:
     def __init__(self, processor: Processor, consumer: Any, commits: Commits, pause_after_s: float = 2.0) -> None:
         self.processor, self.consumer, self.commits = processor, consumer, commits
         self.stage, self.settings, self.admission = processor.stage, processor.settings, processor.admission
         self.pause_after_s = pause_after_s
-        self.assigned = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._assignment: set[PartitionKey] = set()
+        self._tasks: dict[asyncio.Task[None], Ticket] = {}
         # The metric series of every record, looked up once (a lookup costs more than the update).
         self._consumed = metrics.RECORDS_CONSUMED.labels(self.stage, self.settings.input_topic)
         self._in_flight = metrics.IN_FLIGHT.labels(self.stage)
@@ -55,30 +59,32 @@ class StreamLoop:
         self._end_to_end: dict[int, Any] = {}
 
     def readiness(self) -> str | None:
-        return None if self.assigned else f"{self.stage} has no partitions of {self.settings.input_topic} yet"
+        return None if self._assignment else f"{self.stage} has no partitions of {self.settings.input_topic}"
 
     async def run(self, stop: asyncio.Event) -> None:
         consumer, limit = self.consumer, self.settings.max_in_flight
         await consumer.subscribe(
             [self.settings.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
-        await self.commits.start()
         watching = asyncio.create_task(self.admission.run(stop))
         poll_s = min(0.5, self.settings.commit_interval_s)
         try:
-            while not stop.is_set():
+            await self.commits.start()
+            while not stop.is_set() and not self.commits.failed:
                 await self.commits.checkpoint(consumer)
+                self._cancel_stale()
                 if len(self._tasks) >= limit:
                     await self._wait_for_room(stop)
                     continue
                 room = min(limit - len(self._tasks), self.settings.consume_batch_size)
                 messages = [m for m in await consumer.consume(num_messages=room, timeout=poll_s) if _usable(m)]
-                self.admission.observe(await self._readings(messages))
+                self.admission.observe(await readings(consumer, messages))
                 for message in messages:
                     self._start(message)
         finally:
             watching.cancel()
-            await self._drain(wait_s=30.0)
+            # A fenced or failed stage stops at once: its successor is already at work.
+            await self._drain(wait_s=0 if self.commits.failed else DRAIN_S)
             await self.commits.checkpoint(consumer, final=True)
             await consumer.close()
 
@@ -88,10 +94,17 @@ class StreamLoop:
         if not self._tasks:
             return
         log.info("draining in-flight records", extra={"fields": {"count": len(self._tasks)}})
-        _, unfinished = await asyncio.wait(self._tasks, timeout=wait_s)
+        _, unfinished = await asyncio.wait(self._tasks, timeout=wait_s) if wait_s else (set(), set(self._tasks))
         for task in unfinished:
             task.cancel()
         await asyncio.gather(*unfinished, return_exceptions=True)
+
+    def _cancel_stale(self) -> None:
+        """Stop the records whose partition was revoked, lost or rewound since they were read:
+        nothing of them will be written, and their slots are wanted."""
+        for task, ticket in list(self._tasks.items()):
+            if not self.commits.current(ticket):
+                task.cancel()
 
     async def _wait_for_room(self, stop: asyncio.Event) -> None:
         """A short wait needs nothing more. A long one (a dependency down) pauses the input and
@@ -101,41 +114,39 @@ class StreamLoop:
         await asyncio.wait(self._tasks, timeout=self.pause_after_s, return_when=asyncio.FIRST_COMPLETED)
         if len(self._tasks) < limit or stop.is_set():
             return
-        partitions = await self.consumer.assignment()
-        await self.consumer.pause(partitions)
+        await self.consumer.pause(await self.consumer.assignment())
         log.info("input paused: in-flight window full", extra={"fields": {"in_flight": len(self._tasks)}})
         try:
-            while len(self._tasks) >= limit and not stop.is_set():
+            while len(self._tasks) >= limit and not stop.is_set() and not self.commits.failed:
                 await self.commits.checkpoint(self.consumer)
+                self._cancel_stale()
                 done, _ = await asyncio.wait(self._tasks, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
-                if not done:  # keeps the membership alive; a partition assigned meanwhile is not paused
-                    for message in await self.consumer.consume(num_messages=1, timeout=0):
-                        if _usable(message):
-                            self._start(message)
+                if not done:
+                    await self._keep_membership()
         finally:
-            await self.consumer.resume(partitions)
+            await self.consumer.resume(await self.consumer.assignment())
             log.info("input resumed", extra={"fields": {"in_flight": len(self._tasks)}})
 
-    async def _readings(self, messages: list[Message]) -> list[Reading]:
-        """The newest record of each partition in a fetch, with the partition's high watermark."""
-        newest = {Source.of(m).topic_partition: m for m in messages}
-        readings = []
-        for (topic, partition), m in newest.items():
-            _, high = await self.consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
-            readings.append(Reading((topic, partition), Source.of(m).offset, m.timestamp()[1], high))
-        return readings
+    async def _keep_membership(self) -> None:
+        """Poll while paused, or the group evicts this consumer. A partition assigned meanwhile is
+        paused too, and a record read from it before it was goes back, to be read after the resume."""
+        await self.consumer.pause(await self.consumer.assignment())
+        for message in await self.consumer.consume(num_messages=1, timeout=0):
+            if _usable(message):
+                source = Source.of(message)
+                await self.consumer.seek(TopicPartition(source.topic, source.partition, source.offset))
 
     def _start(self, message: Message) -> None:
         source = Source.of(message)
-        ticket = self.commits.positions.track(source.topic, source.partition, source.offset)
+        ticket = self.commits.track(source.topic, source.partition, source.offset)
         self._consumed.inc()
         task = asyncio.create_task(self._process(message, ticket))
-        self._tasks.add(task)
+        self._tasks[task] = ticket
         self._in_flight.set(len(self._tasks))
         task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+        self._tasks.pop(task, None)
         self._in_flight.set(len(self._tasks))
         if not task.cancelled() and task.exception() is not None:
             log.error("record task failed", exc_info=task.exception())
@@ -145,7 +156,7 @@ class StreamLoop:
         outcome = await self.processor.outcome(message)
         await self.commits.complete(ticket, outcome.records, partial(self.processor.substitute, message))
         self._processing.observe(time.monotonic() - started)
-        envelope = outcome.processed
+        envelope = outcome.envelope
         if envelope is not None:
             series = self._end_to_end.get(envelope.priority)
             if series is None:
@@ -155,18 +166,24 @@ class StreamLoop:
             series.observe((now_ms() - envelope.ingest_ts_ms) / 1000)
 
     async def _on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
-        self.assigned = True
+        self._assignment |= _keys(partitions)
         log.info("partitions assigned", extra={"fields": {"partitions": [p.partition for p in partitions]}})
 
     async def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        await self.commits.revoked(consumer, [(p.topic, p.partition) for p in partitions])
-        self.admission.forget((p.topic, p.partition) for p in partitions)
+        self._assignment -= _keys(partitions)
+        await self.commits.revoked(consumer, _keys(partitions))
+        self.admission.forget(_keys(partitions))
         log.info("partitions revoked", extra={"fields": {"partitions": [p.partition for p in partitions]}})
 
     async def _on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        await self.commits.lost(consumer, [(p.topic, p.partition) for p in partitions])
-        self.admission.forget((p.topic, p.partition) for p in partitions)
+        self._assignment -= _keys(partitions)
+        await self.commits.lost(consumer, _keys(partitions))
+        self.admission.forget(_keys(partitions))
         log.warning("partitions lost", extra={"fields": {"partitions": [p.partition for p in partitions]}})
+
+
+def _keys(partitions: list[TopicPartition]) -> set[PartitionKey]:
+    return {(p.topic, p.partition) for p in partitions}
 
 
 def _usable(message: Message) -> bool:

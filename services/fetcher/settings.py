@@ -23,7 +23,7 @@ class FetcherSettings(StreamSettings):
     group_id: str = STAGE.group or ""
     processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
     downstream_group: str = downstream_group(STAGE.name) or ""
-    max_in_flight: int = 128
+    max_in_flight: int = Field(default=128, ge=1)
     #: lift the refusal of loopback, private and link-local targets; for the local stack only
     allow_private_networks: bool = False
     #: requests at once, in all and to one host (the wait for a slot is not part of the timeouts)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from typing import Any
 
+import pytest
 from confluent_kafka import KafkaError
 
 from services.common import metrics
@@ -22,21 +24,21 @@ def transactions(h: Harness) -> FakeTransactionalProducer:
     return h.producer
 
 
-def offsets_of(h: Harness) -> dict[str, int]:
-    """Input offset of each tweet id."""
-    return {str(m.key()): m.offset() for m in h.broker.records(IN)}
+def sources_of(h: Harness) -> dict[str, tuple[tuple[str, int], int]]:
+    """Input partition and offset of each tweet id."""
+    return {str(m.key()): ((m.topic(), m.partition()), m.offset()) for m in h.broker.records(IN)}
 
 
 def assert_each_transaction_holds_the_outputs_of_its_offsets(h: Harness) -> None:
     """Committed transactions: their outputs come from exactly the offsets they move past."""
-    offsets = offsets_of(h)
+    sources = sources_of(h)
     position: dict[tuple[str, int], int] = {}
     for transaction in transactions(h).transactions:
         if transaction.outcome != "committed":
             continue
-        sources = sorted(offsets[str(r.key)] for r in transaction.records)
-        expected = sorted(o for tp, end in transaction.offsets.items() for o in range(position.get(tp, 0), end))
-        assert sources == expected, (sources, transaction.offsets)
+        held = sorted(sources[str(r.key)] for r in transaction.records)
+        expected = sorted((tp, o) for tp, end in transaction.offsets.items() for o in range(position.get(tp, 0), end))
+        assert held == expected, (held, transaction.offsets)
         position.update(transaction.offsets)
 
 
@@ -91,7 +93,7 @@ async def test_dead_letters_and_shed_copies_commit_in_the_same_transactions() ->
     async with running(handle, setup=setup, exactly_once=True, consume_batch_size=1, shed_levels=levels) as h:
         await eventually("all committed", lambda: h.consumer.committed_offsets.get(P0) == 12)
     copies = h.written(IN + ".dlq") + h.written(IN + ".shed") + h.written(OUT)
-    assert sorted(copies) == sorted(offsets_of(h)), "each input once, in exactly one place"
+    assert sorted(copies) == sorted(sources_of(h)), "each input once, in exactly one place"
     assert h.written(IN + ".shed"), "some were shed"
     assert_each_transaction_holds_the_outputs_of_its_offsets(h)
 
@@ -109,8 +111,8 @@ async def test_a_revoked_partition_commits_its_finished_prefix_and_nothing_of_wh
         gates.open("a0")
         gates.open("b0")
         await eventually("a0, b0 committed", lambda: sorted(h.written(OUT)) == ["a0", "b0"])
-        h.consumer.revoke([P0])
-        gates.open("b1")  # the next consume, and with it the revocation, once b1 is done
+        h.consumer.revoke([P0])  # at the next consume
+        gates.open("b1")
         await eventually("b1 committed", lambda: "b1" in h.written(OUT))
         gates.open("a1")
         gates.open("a2")
@@ -167,25 +169,84 @@ async def test_a_loss_while_the_coordinator_moves_rewinds_once_it_answers() -> N
     assert not h.fatal
 
 
-async def test_a_fatal_error_ends_the_process() -> None:
-    async def handle(record: Record) -> list[Output]:
-        return [Output(OUT, b"ok", key=record["tweet_id"])]
-
+async def test_a_fatal_error_ends_the_loop_at_once() -> None:
+    gates = Gates()
     fenced = KafkaError(KafkaError._FENCED, "a newer instance took over", fatal=True)
-    async with running(handle, setup=numbered(3), exactly_once=True, commit_errors=[fenced]) as h:
+    async with running(
+        gates.handle, setup=numbered(3), exactly_once=True, commit_errors=[fenced], expect_fatal=True
+    ) as h:
+        gates.open("0")  # its commit is the one refused; 1 and 2 are still in flight
         await eventually("told to stop", lambda: bool(h.fatal))
-        await asyncio.sleep(0.05)
-        assert h.written(OUT) == [], "nothing of the fenced transaction is visible"
-    assert "fatal" not in h.fatal[0] or "transactional producer" in h.fatal[0]
+        assert h.task is not None
+        await asyncio.wait_for(h.task, 5)  # no 20 s drain: the successor is already at work
+        assert {("1", 1), ("2", 1)} <= gates.cancelled
+    assert h.fatal[0].startswith("transactional producer:")
+    assert h.written(OUT) == [], "nothing of the fenced transaction is visible"
+    assert P0 not in h.consumer.committed_offsets
 
 
-async def test_a_record_refused_for_its_size_is_replaced_inside_the_transaction() -> None:
+async def test_records_finished_while_a_commit_runs_go_into_the_next_transaction(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gates = Gates()
+    hold, committing = asyncio.Event(), []
+    commit = FakeTransactionalProducer.commit_transaction
+
+    async def slow_commit(self: FakeTransactionalProducer) -> None:
+        committing.append(1)
+        if len(committing) == 1:
+            await hold.wait()
+        await commit(self)
+
+    monkeypatch.setattr(FakeTransactionalProducer, "commit_transaction", slow_commit)
+    async with running(gates.handle, setup=numbered(2), exactly_once=True) as h:
+        await eventually("both in flight", lambda: len(gates.calls) == 2)
+        gates.open("0")
+        await eventually("the first commit under way", lambda: bool(committing))
+        gates.open("1")  # released while the commit runs
+        await asyncio.sleep(0.02)
+        hold.set()
+        await eventually("both committed", lambda: h.consumer.committed_offsets.get(P0) == 2)
+    assert h.written(OUT) == ["0", "1"]
+    assert_each_transaction_holds_the_outputs_of_its_offsets(h)
+
+
+async def test_a_write_that_fails_at_once_aborts_its_transaction_instead_of_committing_past_it() -> None:
+    async def handle(record: Record) -> list[Output]:
+        raise RecordError("broken")
+
+    missing = [KafkaError._UNKNOWN_TOPIC] * 3  # the dead-letter topic missing, then created
+    async with running(handle, setup=numbered(2), exactly_once=True, failures={IN + ".dlq": missing}) as h:
+        await eventually("both committed", lambda: h.consumer.committed_offsets.get(P0) == 2)
+        assert Counter(t.outcome for t in transactions(h).transactions)["aborted"] >= 1
+    assert sorted(h.written(IN + ".dlq")) == ["0", "1"], "each dead letter once, none lost"
+    assert_each_transaction_holds_the_outputs_of_its_offsets(h)
+
+
+@pytest.mark.parametrize("exactly_once", [True, False], ids=["exactly_once", "at_least_once"])
+async def test_a_refused_output_and_its_refused_dead_letter_end_as_a_dead_letter_cut_to_fit(
+    exactly_once: bool,
+) -> None:
     async def handle(record: Record) -> list[Output]:
         return [Output(OUT, b"x", key=record["tweet_id"])]
 
-    failures = {OUT: [KafkaError.MSG_SIZE_TOO_LARGE]}
-    async with running(handle, setup=numbered(2), exactly_once=True, failures=failures) as h:
-        await eventually("both committed", lambda: h.consumer.committed_offsets.get(P0) == 2)
-    assert h.written(OUT) == ["1"]
+    failures = {OUT: [KafkaError.MSG_SIZE_TOO_LARGE], IN + ".dlq": [KafkaError.MSG_SIZE_TOO_LARGE]}
+    async with running(handle, setup=numbered(2), exactly_once=exactly_once, failures=failures) as h:
+        await eventually("both done", lambda: h.written(OUT) == ["1"] and len(h.written(IN + ".dlq")) == 1)
     (letter,) = h.broker.records(IN + ".dlq")
-    assert dict(letter.headers() or [])["error"] == b"output_refused"
+    headers = dict(letter.headers() or [])
+    assert headers["error"] == b"output_refused"
+    assert b"bytes" in headers["value_truncated"]
+
+
+@pytest.mark.parametrize("exactly_once", [True, False], ids=["exactly_once", "at_least_once"])
+async def test_a_handler_returning_nonsense_is_a_dead_letter_not_a_frozen_partition(exactly_once: bool) -> None:
+    async def handle(record: Record) -> list[Any]:
+        return [None] if record["tweet_id"] == "1" else [Output(OUT, b"ok", key=record["tweet_id"])]
+
+    async with running(handle, setup=numbered(4), exactly_once=exactly_once) as h:
+        done = h.consumer.committed_offsets if exactly_once else h.consumer.stored
+        await eventually("every record done", lambda: done.get(P0) == 4)
+    assert h.written(OUT) == ["0", "2", "3"]
+    (letter,) = h.broker.records(IN + ".dlq")
+    assert dict(letter.headers() or [])["error"] == b"internal_error"

@@ -65,6 +65,8 @@ class Harness:
     codec: CountingCodec
     stage: str
     fatal: list[str]
+    stop: asyncio.Event
+    task: asyncio.Task[None] | None
 
     def put(self, tweet_id: str, partition: int = 0, priority: int = 1, headers: bool = True) -> None:
         record = tweet(tweet_id, priority)
@@ -100,11 +102,18 @@ async def running(
     setup: Callable[[Harness], None] | None = None,
     exactly_once: bool = False,
     commit_errors: list[KafkaError] | None = None,
+    expect_fatal: bool = False,
 ) -> Any:
     """A loop over a fresh broker, running until the block ends; each has a stage of its own for its metrics."""
     stage = f"test-{next(_stages)}"
     broker = FakeBroker()
     fatal: list[str] = []
+    stop = asyncio.Event()
+
+    def on_fatal(reason: str) -> None:  # what the process's runtime does: note it, and stop
+        fatal.append(reason)
+        stop.set()
+
     settings = StreamSettings(
         input_topic=IN,
         group_id="g",
@@ -123,22 +132,21 @@ async def running(
     if exactly_once:
         producer: FakeProducer = FakeTransactionalProducer(broker, commit_errors)
         producer.failures = failures or {}
-        commits = ExactlyOnce(producer, stage, fatal.append, commit_interval_s=0.001, backoff=FAST)  # type: ignore[arg-type]
+        commits = ExactlyOnce(producer, stage, on_fatal, commit_interval_s=0.001, backoff=FAST)  # type: ignore[arg-type]
     else:
         producer = FakeProducer(broker, failures)
         commits = AtLeastOnce(producer, stage, FAST)
     loop = StreamLoop(processor, consumer, commits, pause_after_s=0.05)
-    harness = Harness(broker, consumer, producer, loop, codec, stage, fatal)
+    harness = Harness(broker, consumer, producer, loop, codec, stage, fatal, stop, task=None)
     if setup is not None:
         setup(harness)
-    stop = asyncio.Event()
-    task = asyncio.create_task(loop.run(stop))
+    harness.task = task = asyncio.create_task(loop.run(stop))
     try:
         yield harness
     finally:
         stop.set()
-        await asyncio.wait_for(task, 10)
-    assert not fatal or exactly_once, fatal
+        await asyncio.wait_for(task, 30)
+    assert bool(fatal) == expect_fatal, fatal
 
 
 async def eventually(what: str, check: Callable[[], bool], timeout_s: float = 5.0) -> None:
@@ -155,6 +163,7 @@ class Gates:
     def __init__(self) -> None:
         self._gates: dict[tuple[str, int], asyncio.Event] = {}
         self.calls: dict[str, int] = {}
+        self.cancelled: set[tuple[str, int]] = set()
 
     def gate(self, tweet_id: str, call: int = 1) -> asyncio.Event:
         return self._gates.setdefault((tweet_id, call), asyncio.Event())
@@ -165,7 +174,11 @@ class Gates:
     async def handle(self, record: Record) -> list[Output]:
         tweet_id = record["tweet_id"]
         self.calls[tweet_id] = call = self.calls.get(tweet_id, 0) + 1
-        await self.gate(tweet_id, call).wait()
+        try:
+            await self.gate(tweet_id, call).wait()
+        except asyncio.CancelledError:
+            self.cancelled.add((tweet_id, call))
+            raise
         return [Output(OUT, b"done:" + tweet_id.encode(), key=tweet_id)]
 
 
@@ -185,7 +198,7 @@ async def test_commit_moves_only_past_records_finished_in_order() -> None:
     assert h.consumer.committed_offsets[P0] == 4
 
 
-async def test_a_revoked_partition_commits_its_finished_prefix_and_ignores_late_completions() -> None:
+async def test_a_revoked_partition_commits_its_finished_prefix_and_stops_the_rest() -> None:
     gates = Gates()
 
     def setup(h: Harness) -> None:
@@ -199,23 +212,21 @@ async def test_a_revoked_partition_commits_its_finished_prefix_and_ignores_late_
             gates.open(f"b{i}")
         gates.open("a0")
         await eventually("a0 and partition 1 stored", lambda: h.consumer.stored == {P0: 1, P1: 3})
-        # Partition 0 goes away and comes back while a1 and a2 are still in flight; their old
-        # completions must not count for the records read again.
+        # Partition 0 goes away and comes back while a1 and a2 are still in flight: they are
+        # stopped, and read again from the committed position.
         h.consumer.revoke([P0])
         h.consumer.assign([P0])
         await eventually("a1, a2 read again", lambda: gates.calls.get("a1") == 2 and gates.calls.get("a2") == 2)
         assert h.consumer.committed_offsets[P0] == 1, "the revocation committed the finished prefix"
-        gates.open("a1", call=1)
-        gates.open("a2", call=1)
-        await eventually("the old calls wrote their outputs", lambda: h.written(OUT).count("a2") == 1)
-        await asyncio.sleep(0.05)
-        assert P0 not in h.consumer.stored, "a completion from before the revocation moved the new position"
+        await eventually("the first calls stopped", lambda: {("a1", 1), ("a2", 1)} <= gates.cancelled)
+        assert P0 not in h.consumer.stored
         gates.open("a1", call=2)
         gates.open("a2", call=2)
         await eventually("partition 0 stored to its end", lambda: h.consumer.stored.get(P0) == 3)
+    assert h.written(OUT).count("a1") == h.written(OUT).count("a2") == 1
 
 
-async def test_a_lost_partition_commits_nothing() -> None:
+async def test_a_lost_partition_commits_nothing_and_stops_its_records() -> None:
     gates = Gates()
 
     def setup(h: Harness) -> None:
@@ -226,15 +237,16 @@ async def test_a_lost_partition_commits_nothing() -> None:
     async with running(gates.handle, partitions=(P0, P1), setup=setup) as h:
         await eventually("all in flight", lambda: len(gates.calls) == 3)
         h.consumer.lose([P1])
-        await eventually("the loss seen", lambda: P1 not in h.consumer.positions)
+        h.consumer.assign([P1])  # given back: read again from the start, nothing was committed
+        await eventually("b0, b1 read again", lambda: gates.calls.get("b0") == 2 and gates.calls.get("b1") == 2)
+        await eventually("the first calls stopped", lambda: {("b0", 1), ("b1", 1)} <= gates.cancelled)
         gates.open("a0")
         await eventually("partition 0 stored", lambda: h.consumer.stored.get(P0) == 1)
-        gates.open("b0")
-        gates.open("b1")
-        await eventually("b0 and b1 written", lambda: sorted(h.written(OUT)) == ["a0", "b0", "b1"])
-        await asyncio.sleep(0.05)
-    assert P1 not in h.consumer.stored
-    assert P1 not in h.consumer.committed_offsets
+        assert P1 not in h.consumer.stored
+        gates.open("b0", call=2)
+        gates.open("b1", call=2)
+        await eventually("partition 1 stored", lambda: h.consumer.stored.get(P1) == 2)
+    assert sorted(h.written(OUT)) == ["a0", "b0", "b1"]
 
 
 async def test_a_full_window_pauses_the_input_until_there_is_room() -> None:
@@ -250,6 +262,27 @@ async def test_a_full_window_pauses_the_input_until_there_is_room() -> None:
             await eventually(f"{tweet_id} read", partial(gates.calls.__contains__, tweet_id))
             gates.open(tweet_id)
         await eventually("all stored", lambda: h.consumer.stored.get(P0) == 5)
+
+
+async def test_a_partition_assigned_while_paused_does_not_grow_the_window() -> None:
+    gates = Gates()
+
+    def setup(h: Harness) -> None:
+        for i in range(3):
+            h.put(f"a{i}", partition=0)
+            h.put(f"b{i}", partition=1)
+
+    async with running(gates.handle, partitions=(P0,), max_in_flight=2, setup=setup) as h:
+        await eventually("paused", lambda: h.consumer.paused == {P0})
+        h.consumer.assign([P1])
+        await eventually("the new partition paused too", lambda: h.consumer.paused == {P0, P1})
+        await asyncio.sleep(1.2)  # a few of the polls that keep the membership alive
+        assert len(gates.calls) == 2, f"the window grew: {sorted(gates.calls)}"
+        for tweet_id in ("a0", "a1", "a2", "b0", "b1", "b2"):
+            await eventually(f"{tweet_id} read", partial(gates.calls.__contains__, tweet_id))
+            gates.open(tweet_id)
+        await eventually("all stored", lambda: h.consumer.stored == {P0: 3, P1: 3})
+    assert sorted(h.written(OUT)) == ["a0", "a1", "a2", "b0", "b1", "b2"], "each once"
 
 
 async def test_a_failed_dead_letter_write_is_retried_and_nothing_is_committed_past_it() -> None:
