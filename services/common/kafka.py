@@ -107,7 +107,8 @@ class AsyncProducer:
                 self._producer.produce(topic, value=value, key=key, headers=wire_headers, on_delivery=on_delivery)
                 return delivered
             except BufferError:
-                # The local queue is full: let delivery reports drain it, then try again.
+                # The local queue is full (100,000 records or 1 GB: the stages' bounded windows
+                # never get near it): let delivery reports drain it, then try again.
                 self._producer.poll(0.05)
                 self._hand_over()
             except KafkaException as exc:  # refused before sending (too large, unknown partition)
@@ -184,7 +185,12 @@ def _fatal_reporter(on_fatal: OnFatal) -> Callable[[KafkaError], None]:
     return report
 
 
-def producer_config(kafka: KafkaSettings, client_id: str, **overrides: Any) -> dict[str, Any]:
+def producer_config(
+    kafka: KafkaSettings, client_id: str, *, wait_forever: bool = False, **overrides: Any
+) -> dict[str, Any]:
+    """An idempotent producer. With `wait_forever`, librdkafka retries a record for as long as it
+    takes (ingest: a post written again after a timeout could be written twice, since the first
+    write may have reached the broker; the bounded number of posts in flight holds the stream)."""
     config = kafka.client_config() | {
         "client.id": client_id,
         "enable.idempotence": True,
@@ -193,9 +199,10 @@ def producer_config(kafka: KafkaSettings, client_id: str, **overrides: Any) -> d
         "compression.type": "lz4",
         # How long librdkafka keeps retrying one record before its delivery report says it
         # failed (its default is 300 s). The stream loop then writes it again, with backoff,
-        # until it succeeds or the process ends (services/common/delivery.py): a shorter
-        # timeout only means the failure is seen, logged and counted sooner.
-        "message.timeout.ms": int(kafka.delivery_timeout_s * 1000),
+        # until it succeeds or the process ends (services/common/delivery.py), so a failure is
+        # seen, logged and counted sooner; under at-least-once the record may then be written
+        # twice, under exactly-once the transaction holding it is aborted instead.
+        "message.timeout.ms": 0 if wait_forever else int(kafka.delivery_timeout_s * 1000),
     }
     return config | overrides
 

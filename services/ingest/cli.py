@@ -48,7 +48,7 @@ async def _backfill(settings: IngestSettings, query: str, limit: int, out: Path 
     if out is not None:
         output = FileOutput(PayloadFile(out), recent)
     else:
-        producer = AsyncProducer(producer_config(settings.kafka, "tagstream-ingest-backfill"))
+        producer = AsyncProducer(producer_config(settings.kafka, "tagstream-ingest-backfill", wait_forever=True))
         recording = PayloadFile(settings.record_file) if settings.record_file is not None else None
         payloads = PayloadProducer(
             producer,

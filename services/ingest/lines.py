@@ -27,10 +27,8 @@ class Line:
     length: int
     #: False at the end of the stream: `data` is what came after the last newline
     complete: bool = True
-
-    @property
-    def oversized(self) -> bool:
-        return self.length > len(self.data)
+    #: longer than the reader's limit: `data` is only its start
+    oversized: bool = False
 
 
 class LineReader:
@@ -45,9 +43,11 @@ class LineReader:
         while True:
             end = self._buffer.find(b"\n", searched)
             if end >= 0:
-                line = bytes(self._buffer[:end])
+                line = bytes(self._buffer[: min(end, self.max_bytes + 1)])
                 del self._buffer[: end + 1]
-                return Line(line, len(line))
+                if end > self.max_bytes:
+                    return Line(line[:KEPT_BYTES], end, oversized=True)
+                return Line(line, end)
             if len(self._buffer) > self.max_bytes:
                 return await self._drop_rest()
             searched = len(self._buffer)
@@ -65,9 +65,9 @@ class LineReader:
         while True:
             chunk = await self.chunks.readany()
             if not chunk:
-                return Line(kept, length, complete=False)
+                return Line(kept, length, complete=False, oversized=True)
             end = chunk.find(b"\n")
             if end >= 0:
                 self._buffer += chunk[end + 1 :]
-                return Line(kept, length + end)
+                return Line(kept, length + end, oversized=True)
             length += len(chunk)

@@ -21,7 +21,7 @@ from . import rules as stream_rules
 from .backoff import Backoff, BackoffPolicy
 from .dedup import RecentIds, newest_keys
 from .payload import PayloadError, is_operational_disconnect, parse_line, stream_errors
-from .produce import Outgoing, PayloadFile, PayloadProducer
+from .produce import PayloadFile, PayloadProducer, Prepared
 from .settings import IngestSettings
 from .xapi import ConnectionLost, XStreamingClient, query_fields
 
@@ -72,9 +72,14 @@ class LiveStream(XStreamingClient):
             return None
         return f"X stream disconnected for {down:.0f} s"
 
-    async def drain(self) -> None:
-        """Wait for every record handed to the producer (failures are counted and logged)."""
-        await asyncio.gather(*list(self._pending), return_exceptions=True)
+    async def drain(self, wait_s: float = 30.0) -> None:
+        """Wait for every record handed to the producer, at most `wait_s` (a broker down for
+        longer keeps them; the process is ending and says how many)."""
+        if not self._pending:
+            return
+        _, unsent = await asyncio.wait(list(self._pending), timeout=wait_s)
+        if unsent:
+            log.error("stopping with posts not delivered", extra={"fields": {"posts": len(unsent)}})
 
     async def on_connect(self) -> None:
         self.connected = True
@@ -102,7 +107,7 @@ class LiveStream(XStreamingClient):
         if outgoing is not None:
             await self._send(outgoing)
 
-    async def _send(self, outgoing: Outgoing) -> None:
+    async def _send(self, outgoing: Prepared) -> None:
         await self._slots.acquire()
         future = self.payloads.send(outgoing)
         self._pending.add(future)
@@ -111,7 +116,7 @@ class LiveStream(XStreamingClient):
     async def on_oversized_line(self, prefix: bytes, length: int) -> None:
         detail = f"a line of {length} bytes, over INGEST_MAX_LINE_BYTES ({self.max_line_bytes})"
         extra = [("value_truncated", f"{length} bytes: line_too_long")]
-        await self._send(self.payloads.dead_letter(prefix, "line_too_long", detail, extra))
+        await self._send(self.payloads.dead_letter(prefix, "line_too_long", detail, extra=extra))
 
     async def on_connection_lost(self, lost: ConnectionLost) -> None:
         if self.connected:
@@ -154,7 +159,7 @@ async def run_live(settings: IngestSettings, rt: Runtime) -> None:
     rule_set = stream_rules.load_rules(settings.rules_file)
     priorities = rule_set.priorities(settings.rule_priorities, "rule_priorities" in settings.model_fields_set)
     recent = await _recent_posts(settings, rt.stop)
-    producer = AsyncProducer(producer_config(settings.kafka, "tagstream-ingest"), on_fatal=rt.fail)
+    producer = AsyncProducer(producer_config(settings.kafka, "tagstream-ingest", wait_forever=True), on_fatal=rt.fail)
     recording = PayloadFile(settings.record_file) if settings.record_file is not None else None
     payloads = PayloadProducer(
         producer,

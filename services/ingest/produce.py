@@ -21,8 +21,7 @@ from services.common.avro import TWEETS
 from services.common.deadletters import dead_letter, truncated
 from services.common.delivery import Producer, deliver
 from services.common.envelope import Envelope, from_headers
-from services.common.kafka import DeliveryError
-from services.common.kafka import Outgoing as Record
+from services.common.kafka import DeliveryError, Outgoing
 from services.common.timeutil import now_ms
 
 from . import metrics as ingest_metrics
@@ -50,10 +49,10 @@ class Tally:
 
 
 @dataclass(frozen=True)
-class Outgoing:
+class Prepared:
     """One record ready to send: a post (`tweet_id` set) or a dead letter."""
 
-    record: Record
+    record: Outgoing
     tweet_id: str | None = None
     #: the payload line it came from, dead-lettered if the broker refuses the record
     line: bytes = b""
@@ -106,7 +105,7 @@ class PayloadProducer:
         self.recording = recording
         self.tally = Tally()
 
-    def prepare(self, line: bytes, payload: dict[str, Any] | None = None) -> Outgoing | None:
+    def prepare(self, line: bytes, payload: dict[str, Any] | None = None) -> Prepared | None:
         """The record to send for `line` (already parsed into `payload` if given), or None:
         a keep-alive, a post without images, a duplicate."""
         try:
@@ -122,7 +121,7 @@ class PayloadProducer:
             self._count_line_if_unparsed(payload)
             self._record(line)
             reason = exc.reason if isinstance(exc, PayloadError) else "bad_encoding"
-            return self._dead_letter(line, reason, str(exc))
+            return self.dead_letter(line, reason, str(exc))
         # to_tweet_record has checked the id; posts without images are deduplicated too, so a
         # recording holds each post once.
         if self.recent is not None and not self.recent.add(str(payload["data"]["id"])):
@@ -136,17 +135,17 @@ class PayloadProducer:
             return None
         tweet_id = record["tweet_id"]
         headers = Envelope(record["priority"], record["ingest_ts_ms"]).headers()
-        return Outgoing(Record(self.output_topic, TWEETS.encode(record), tweet_id, headers), tweet_id, line)
+        return Prepared(Outgoing(self.output_topic, TWEETS.encode(record), tweet_id, headers), tweet_id, line)
 
-    def send(self, outgoing: Outgoing) -> asyncio.Future[None]:
+    def send(self, outgoing: Prepared) -> asyncio.Future[None]:
         """Hand the record to the producer; the future resolves once the broker has it (or has
         the dead letter that replaced a post it refused)."""
         return asyncio.ensure_future(self._write(outgoing))
 
-    async def _write(self, outgoing: Outgoing) -> None:
+    async def _write(self, outgoing: Prepared) -> None:
         refused = False
 
-        def substitute(record: Record, error: DeliveryError) -> Record:
+        def substitute(record: Outgoing, error: DeliveryError) -> Outgoing:
             nonlocal refused
             refused = True
             return self._substitute(outgoing.line, record, error)
@@ -168,18 +167,14 @@ class PayloadProducer:
         if self.recording is not None:
             self.recording.write(line)
 
-    def dead_letter(self, line: bytes, reason: str, detail: str, extra: Sequence[tuple[str, str]] = ()) -> Outgoing:
-        """A dead letter for `line` (counted), to pass to `send`."""
-        return self._dead_letter(line, reason, detail, extra=extra)
-
-    def _dead_letter(
+    def dead_letter(
         self,
         line: bytes,
         reason: str,
         detail: str,
         envelope: Envelope | None = None,
         extra: Sequence[tuple[str, str]] = (),
-    ) -> Outgoing:
+    ) -> Prepared:
         self.tally.dead_letters[reason] = self.tally.dead_letters.get(reason, 0) + 1
         letter = dead_letter(
             stage=STAGE,
@@ -191,14 +186,14 @@ class PayloadProducer:
             envelope=envelope,
             extra=extra,
         )
-        return Outgoing(letter)
+        return Prepared(letter)
 
-    def _substitute(self, line: bytes, refused: Record, error: DeliveryError) -> Record:
+    def _substitute(self, line: bytes, refused: Outgoing, error: DeliveryError) -> Outgoing:
         """A post the broker refuses for its size becomes a dead letter of its line, cut to fit
         as a dead letter it refuses is."""
         if refused.topic == self.dlq_topic:
             return truncated(refused, str(error))
         ingest_metrics.DELIVERY_FAILURES.inc()
         self.tally.refused += 1
-        letter = self._dead_letter(line, "too_large", str(error), from_headers(refused.headers)).record
+        letter = self.dead_letter(line, "too_large", str(error), from_headers(refused.headers)).record
         return truncated(letter, "too_large")

@@ -40,7 +40,7 @@ async def replay(
     async with contextlib.AsyncExitStack() as stack:
         if scrape is not None:
             await stack.enter_async_context(scraped(scrape, zero_series(settings)))
-        producer = AsyncProducer(producer_config(settings.kafka, "tagstream-ingest-replay"))
+        producer = AsyncProducer(producer_config(settings.kafka, "tagstream-ingest-replay", wait_forever=True))
         try:
             if shape is None:
                 summary = await replay_lines(read_lines(path), settings, producer, rate, priorities(settings))

@@ -65,3 +65,13 @@ async def test_the_end_of_the_stream_is_an_incomplete_line(tail: bytes) -> None:
     reader = LineReader(Chunks(b"one\n" + tail), max_bytes=100)
     assert await reader.next() == Line(b"one", 3)
     assert await reader.next() == Line(tail, len(tail), complete=False)
+
+
+async def test_a_line_just_over_the_limit_is_oversized_even_when_it_arrives_in_one_chunk() -> None:
+    reader = LineReader(Chunks(b"x" * 101 + b"\nok\n"), max_bytes=100)
+    over = await reader.next()
+    assert over.oversized
+    assert over.length == 101
+    assert (await reader.next()) == Line(b"ok", 2)
+    exact = LineReader(Chunks(b"y" * 100 + b"\n"), max_bytes=100)
+    assert not (await exact.next()).oversized
