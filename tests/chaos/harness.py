@@ -244,7 +244,7 @@ COUNTERS = {
 
 class Flow(threading.Thread):
     """When each stage's output flows: samples of every stage's own counter (records produced,
-    for the sink records stored), so a restarted process's first output is seen; and when
+    for the sink records consumed), so a restarted process's first output is seen; and when
     predictions arrive on their topic, for the failures of the broker and Triton."""
 
     def __init__(self, kafka: KafkaSettings, topics: Topics, stages: dict[str, Stage]) -> None:
@@ -371,9 +371,15 @@ def account(kafka: KafkaSettings, topics: Topics, sink_db: Path, seed: int, kill
         media_of[tweet["tweet_id"]] = [m["media_key"] for m in tweet["media"]]
     predicted = Counter(_origin(PREDICTIONS.decode(m.value())) for m in records[topics.predictions])
     dead = Counter[ImageKey]()
-    for message in records[topics.tweets + ".dlq"]:  # the fetcher's: one per image of a post
-        headers = dict(message.headers() or [])
-        dead[(message.key().decode(), headers["media_key"].decode())] += 1
+    for message in records[topics.tweets + ".dlq"]:
+        if message.key() is None:  # ingest's: a line that was not a post, no image of ours
+            continue
+        tweet_id, headers = message.key().decode(), dict(message.headers() or [])
+        if "media_key" in headers:  # the fetcher's, one per image of a post
+            dead[(tweet_id, headers["media_key"].decode())] += 1
+        else:  # the whole post (it could not be read): each of its images
+            for media_key in media_of.get(tweet_id, []):
+                dead[(tweet_id, media_key)] += 1
     for message in records[topics.images + ".dlq"] + records[topics.predictions + ".dlq"]:
         value = message.value()
         codec = IMAGES if message.topic().startswith(topics.images) else PREDICTIONS
