@@ -198,6 +198,7 @@ def jpeg_decode_ms(images: list[bytes]) -> float:
 
 
 def run() -> list[Figure]:
+    load_at_start = os.getloadavg()
     images = sample_pixels(16)
     with running("scripts/kafka.sh", "scripts/triton.sh"):
         results: dict[str, Any] = {}
@@ -230,6 +231,8 @@ def run() -> list[Figure]:
         noop = results["noop"]
         jpeg_rate, jpeg_cpu = classifier_run("noop", images, noop["n"], noop["batch"], noop["in_flight"], "jpeg")
         print(f"noop with JPEG pixels: classifier {jpeg_rate:.1f}/s", flush=True)
+    # other work on these cores (1, 5 and 15 minute load averages)
+    load = {"at_start": [round(x, 2) for x in load_at_start], "at_end": [round(x, 2) for x in os.getloadavg()]}
     raw_bytes = len(images[0])
     classifier_cpu = noop["cpu_ms_per_image_pipeline"]["classifier"]
     client_cpu = noop["cpu_ms_per_image_alone"]["client"]
@@ -271,6 +274,7 @@ def run() -> list[Figure]:
                 ],
                 "cpu_ms_per_image_pipeline": noop["cpu_ms_per_image_pipeline"],
                 "cpu_ms_per_image_alone": noop["cpu_ms_per_image_alone"],
+                "machine_load": load,
             },
         ),
         Figure(

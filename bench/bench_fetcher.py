@@ -77,6 +77,7 @@ BOMB_POSTS = 16  # four images each: every other post four bombs refused, then f
 def run() -> list[Figure]:
     settings = FetcherSettings()
     cores = available_cpus()
+    load_at_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-fetcher-") as tmp:
         originals = write_originals(Path(tmp) / "originals")
         served = served_renditions(originals, settings)
@@ -118,6 +119,9 @@ def run() -> list[Figure]:
     uncapped = decode_bombs(
         {"FETCHER_MAX_IMAGE_MEMORY_BYTES": str(2**40), "FETCHER_MAX_DECODE_MEMORY_BYTES": str(2**40)}
     )
+    # other work on these cores (1, 5 and 15 minute load averages): CPU per image grows with it,
+    # wall-clock rates fall with it
+    load = {"at_start": [round(x, 2) for x in load_at_start], "at_end": [round(x, 2) for x in os.getloadavg()]}
     # EFFICIENCY_ROUNDS is odd: the middle round by CPU per image is the median
     middle = sorted(rounds, key=lambda r: r["cpu_ms_per_image"])[len(rounds) // 2]
     bound_cpu_ms = 1000 / bound_per_core
@@ -141,6 +145,7 @@ def run() -> list[Figure]:
                 "run": middle,
                 "traffic": traffic,
                 "not_counted": "TLS (X serves HTTPS; the loopback server speaks plain HTTP), Kafka and the stream loop",
+                "machine_load": load,
             },
         ),
         Figure(
@@ -156,6 +161,7 @@ def run() -> list[Figure]:
                     "fetcher_cpu_ms_per_image plus Kafka, Avro and the stream loop"
                 ),
                 **service,
+                "machine_load": load,
             },
         ),
         Figure(
@@ -184,6 +190,7 @@ def run() -> list[Figure]:
                 },
                 "decoders_images_per_s_single_core": decoding,
                 "traffic": traffic,
+                "machine_load": load,
             },
         ),
         Figure(
@@ -219,6 +226,7 @@ def run() -> list[Figure]:
                 "connections_to_one_host": cores * settings.max_connections_per_host,
                 "connection_limit_images_per_s": round(connection_limit, 1),
                 "decode_bound_images_per_s": round(bound_per_core * cores, 1),
+                "machine_load": load,
             },
         ),
         Figure(
