@@ -71,6 +71,13 @@ class WriteClock:
         low_t, high_t = self._times[i - 1], self._times[i]
         return low_t + (high_t - low_t) * (offset - low_high + 1) / (high_high - low_high)
 
+    def caught_up(self, position: int) -> bool:
+        """A group at `position` has read everything: it is at the high watermark, or one short
+        of it, where a transaction's end marker sits (a marker takes an offset but is never read
+        as a record, so a transactional writer's reader stays one short for as long as nothing
+        new is written; counting the marker would age it into a lag that never ends)."""
+        return bool(self._highs) and position >= self._highs[-1] - 1
+
     def high_at(self, at: float) -> int | None:
         """The high watermark at time `at` (interpolated), None before the first sample."""
         if not self._times or at < self._times[0]:
@@ -94,12 +101,13 @@ def group_lag(committed: Mapping[int, int], clocks: Mapping[int, WriteClock], no
     A group commits every so often (`grace_s` should be that interval), so a group that keeps
     up still reads up to an interval's worth of records behind; without the grace that slack
     grows with the rate and alone would cross a shedding threshold at GPU rates. A partition
-    the group never committed is left out: a group that is not there yet is not behind.
+    the group never committed is left out: a group that is not there yet is not behind; so is
+    one caught up to its last transaction marker (`WriteClock.caught_up`).
     """
     records, seconds = 0, 0.0
     for partition, clock in clocks.items():
         position = committed.get(partition)
-        if position is None:
+        if position is None or clock.caught_up(position):
             continue
         known = clock.high_at(now - grace_s)
         if known is not None:

@@ -84,3 +84,13 @@ def test_a_partition_the_group_never_committed_is_left_out() -> None:
 def test_a_group_that_is_caught_up_has_no_lag() -> None:
     clocks = {0: clock((0, 100.0), (10, 110.0))}
     assert group_lag(committed={0: 10}, clocks=clocks, now=500.0) == Lag(0, 0.0)
+
+
+def test_a_group_one_short_of_a_transactional_writers_watermark_is_caught_up() -> None:
+    # The writer's last transaction ended with a marker at offset 10: the group read every
+    # record and committed 10; the marker never comes to it as a record. An hour on it is
+    # still not behind (it read as one record growing older by the second).
+    clocks = {0: clock((0, 100.0), (11, 110.0)), 1: clock((0, 100.0), (11, 110.0))}
+    assert group_lag(committed={0: 10, 1: 10}, clocks=clocks, now=3_700.0) == Lag(0, 0.0)
+    # Two short is a record not read.
+    assert group_lag(committed={0: 9, 1: 10}, clocks=clocks, now=3_700.0).records == 2
