@@ -155,8 +155,9 @@ def run() -> list[Figure]:
             "",
             {
                 "measured": (
-                    "CPU of the fetcher service process (python -m services.fetcher, one decode thread as in a "
-                    "one-CPU replica, its default exactly-once guarantee) per image, reading X-like posts from "
+                    "CPU of the fetcher service process (python -m services.fetcher, one decode thread, pinned to "
+                    "one core as a replica gets one CPU, its default exactly-once guarantee) per image, reading "
+                    "X-like posts from "
                     "a fresh topic on the local Kafka and writing `images`: the same traffic as "
                     "fetcher_cpu_ms_per_image plus Kafka, Avro and the stream loop"
                 ),
@@ -362,9 +363,14 @@ def fetcher_service(port: int, images: int) -> dict[str, Any]:
             "LOG_LEVEL": "WARNING",
         }
         with (Path(tmp) / "fetcher.log").open("wb") as log:
+            # One core, as a replica gets one CPU: unpinned, its event loop and decode thread run
+            # on two cores at once and hand the interpreter lock across them, which costs CPU a
+            # one-CPU replica does not spend.
+            one_core = max(os.sched_getaffinity(0))
             fetcher = subprocess.Popen(
-                [sys.executable, "-m", "services.fetcher"], cwd=ROOT, env={**os.environ, **env}, stderr=log
-            )
+                ["taskset", "-c", str(one_core), sys.executable, "-m", "services.fetcher"],
+                cwd=ROOT, env={**os.environ, **env}, stderr=log,
+            )  # fmt: skip
             try:
                 _wait_http(f"http://127.0.0.1:{metrics_port}/healthz", fetcher)
                 started = time.monotonic()
