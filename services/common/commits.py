@@ -64,7 +64,30 @@ class Commits(Protocol):
         """`partitions` were taken away without notice: commit nothing of them."""
 
 
-class AtLeastOnce:
+#: how often the positions of partitions with nothing in flight are moved to the consumer's
+SKIP_AHEAD_EVERY_S = 1.0
+
+
+class _SkipAhead:
+    """Partitions with nothing in flight commit the consumer's own position, which is past the
+    offsets that never come as records (Positions.skip_to); asked of the consumer once a second."""
+
+    positions: Positions[Any]
+    _skipped_at = 0.0
+
+    async def skip_ahead(self, consumer: Any) -> None:
+        if time.monotonic() - self._skipped_at < SKIP_AHEAD_EVERY_S:
+            return
+        self._skipped_at = time.monotonic()
+        assignment = await consumer.assignment()
+        if not assignment:
+            return
+        for position in await consumer.position(assignment):
+            if position.offset >= 0:
+                self.positions.skip_to((position.topic, position.partition), position.offset)
+
+
+class AtLeastOnce(_SkipAhead):
     def __init__(self, producer: Producer, stage: str, backoff: Backoff = DEFAULT_BACKOFF) -> None:
         self.producer = producer
         self.stage = stage
@@ -87,6 +110,7 @@ class AtLeastOnce:
 
     async def checkpoint(self, consumer: Any, final: bool = False) -> None:
         """Hand librdkafka the positions that moved since last time, in one call."""
+        await self.skip_ahead(consumer)
         moved = self.positions.take()
         if not moved:
             return
@@ -119,7 +143,7 @@ class _Released:
     replace: Replace
 
 
-class ExactlyOnce:
+class ExactlyOnce(_SkipAhead):
     """Transactions over the loop. Every call comes from the loop's own task (`checkpoint`), or
     from a rebalance callback while that task waits inside `consume`, so commits, aborts and
     rewinds never overlap; records finishing meanwhile (`complete`, from the record tasks) never
@@ -173,6 +197,8 @@ class ExactlyOnce:
     async def checkpoint(self, consumer: Any, final: bool = False) -> None:
         if not final and time.monotonic() - self._last_commit < self.commit_interval_s:
             return
+        if not self.failed:
+            await self.skip_ahead(consumer)
         await self._commit(consumer, self.positions.take(), begin=not final)
 
     async def revoked(self, consumer: Any, partitions: Iterable[PartitionKey]) -> None:

@@ -70,6 +70,7 @@ class Positions(Generic[R]):
     def __init__(self) -> None:
         self._partitions: dict[PartitionKey, _Partition[R]] = {}
         self._moved: dict[PartitionKey, int] = {}
+        self._taken: dict[PartitionKey, int] = {}  # the last position handed out to commit
 
     def track(self, topic: str, partition: int, offset: int) -> Ticket:
         tracker = self._partitions.setdefault((topic, partition), _Partition())
@@ -93,13 +94,25 @@ class Positions(Generic[R]):
     def take(self) -> dict[PartitionKey, int]:
         """The positions that moved since the last call, to commit."""
         moved, self._moved = self._moved, {}
+        self._taken.update(moved)
         return moved
+
+    def skip_to(self, partition: PartitionKey, position: int) -> None:
+        """The consumer reads `partition` on from `position`: with no record of it in flight,
+        what lies before it was done or never came as a record (a transaction's markers, an
+        aborted transaction's records), so the position may move there. Without this a reader
+        of a transactional writer would stay committed before those offsets until the next
+        record, and look behind for as long as nothing new was written."""
+        tracker = self._partitions.get(partition)
+        if (tracker is None or not tracker.pending) and position > self._taken.get(partition, -1):
+            self._moved[partition] = max(position, self._moved.get(partition, -1))
 
     def revoke(self, partitions: Iterable[PartitionKey]) -> dict[PartitionKey, int]:
         """Stop tracking `partitions`; return the positions they reached and were not taken."""
         final = {}
         for tp in partitions:
             self._partitions.pop(tp, None)
+            self._taken.pop(tp, None)
             if tp in self._moved:
                 final[tp] = self._moved.pop(tp)
         return final
@@ -108,3 +121,4 @@ class Positions(Generic[R]):
         """Forget every record in flight and every position not taken (after a rewind)."""
         self._partitions.clear()
         self._moved.clear()
+        self._taken.clear()

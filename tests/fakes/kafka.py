@@ -31,6 +31,8 @@ class FakeMessage:
     _key: str | bytes | None = None
     _headers: list[tuple[str, bytes]] | None = None
     _timestamp_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    #: a transaction's end marker: it takes an offset, a read_committed reader never gets it
+    _marker: bool = False
 
     def topic(self) -> str:
         return self._topic
@@ -75,8 +77,13 @@ class FakeBroker:
         log.append(message)
         return message
 
+    def mark(self, topic: str, partition: int = 0) -> None:
+        """A transaction's end marker, as a transactional writer leaves after its records."""
+        log = self.logs.setdefault((topic, partition), [])
+        log.append(FakeMessage(topic, partition, len(log), None, _marker=True))
+
     def records(self, topic: str) -> list[FakeMessage]:
-        return [m for (t, _), log in sorted(self.logs.items()) if t == topic for m in log]
+        return [m for (t, _), log in sorted(self.logs.items()) if t == topic for m in log if not m._marker]
 
 
 class FakeConsumer:
@@ -110,7 +117,8 @@ class FakeConsumer:
                 continue
             log = self.broker.logs.get(tp, [])
             while self.positions[tp] < len(log) and len(out) < num_messages:
-                out.append(log[self.positions[tp]])
+                if not log[self.positions[tp]]._marker:
+                    out.append(log[self.positions[tp]])
                 self.positions[tp] += 1
         if not out:
             await asyncio.sleep(min(max(timeout, 0), 0.01))
@@ -151,6 +159,18 @@ class FakeConsumer:
             TopicPartition(p.topic, p.partition, self.committed_offsets.get((p.topic, p.partition), -1001))
             for p in partitions
         ]
+
+    async def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        """Where reading goes on: past what was returned, and past offsets that are no records."""
+        out = []
+        for p in partitions:
+            tp = (p.topic, p.partition)
+            at = self.positions.get(tp, -1001)
+            log = self.broker.logs.get(tp, [])
+            while 0 <= at < len(log) and log[at]._marker:  # never returned as a record
+                at += 1
+            out.append(TopicPartition(p.topic, p.partition, at))
+        return out
 
     async def seek(self, partition: TopicPartition) -> None:
         tp = (partition.topic, partition.partition)

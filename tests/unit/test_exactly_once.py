@@ -250,3 +250,23 @@ async def test_a_handler_returning_nonsense_is_a_dead_letter_not_a_frozen_partit
     assert h.written(OUT) == ["0", "2", "3"]
     (letter,) = h.broker.records(IN + ".dlq")
     assert dict(letter.headers() or [])["error"] == b"internal_error"
+
+
+@pytest.mark.parametrize("exactly_once", [True, False], ids=["exactly_once", "at_least_once"])
+async def test_a_reader_of_a_transactional_writer_commits_past_its_markers(exactly_once: bool) -> None:
+    """The writer's last transaction ended with a marker after its records: the reader must not
+    stay committed one short of the end for as long as nothing new is written (that looked, to
+    the stage watching it, like a record growing older by the second)."""
+
+    async def handle(record: Record) -> list[Output]:
+        return [Output(OUT, b"ok", key=record["tweet_id"])]
+
+    def setup(h: Harness) -> None:
+        for i in range(3):
+            h.put(str(i))
+        h.broker.mark(IN)
+
+    async with running(handle, setup=setup, exactly_once=exactly_once) as h:
+        done = h.consumer.committed_offsets if exactly_once else h.consumer.stored
+        await eventually("committed past the marker", lambda: done.get(P0) == 4)
+    assert h.written(OUT) == ["0", "1", "2"]

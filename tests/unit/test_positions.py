@@ -67,3 +67,19 @@ def test_reset_forgets_everything_in_flight() -> None:
     positions.reset()
     assert positions.take() == {}
     assert positions.complete(ticket) is None
+
+
+def test_skip_to_moves_an_idle_partition_past_offsets_that_never_came_as_records() -> None:
+    positions: Positions[None] = Positions()
+    ticket = positions.track(*TP, 0)
+    positions.skip_to(TP, 5)  # offset 0 still in flight: it may not move
+    assert positions.take() == {}
+    positions.complete(ticket)
+    assert positions.take() == {TP: 1}
+    positions.skip_to(TP, 3)  # offsets 1 and 2 were a transaction's markers
+    assert positions.take() == {TP: 3}
+    positions.skip_to(TP, 3)  # no move, nothing to commit again
+    positions.skip_to(TP, 2)  # never backwards
+    assert positions.take() == {}
+    positions.skip_to(("in", 7), 4)  # a partition nothing was read from yet
+    assert positions.take() == {("in", 7): 4}
