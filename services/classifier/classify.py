@@ -2,7 +2,10 @@
 
 Pixels are decoded off the event loop (raw pixels are only a view), gathered into
 micro-batches for Triton (`batcher.py`), and each image's scores turned into hashtags
-(`hashtags.py`). The record's `origin` is copied as is.
+(`hashtags.py`). The record's `origin` is copied as is. In front of all that, the prediction
+cache (`prediction_cache.py`) serves an image it has scored already, a repost's, without
+decoding or inferring it again; such a prediction says so with `batch_size` 0 and
+`inference_ms` 0: no request scored it.
 """
 
 from __future__ import annotations
@@ -22,13 +25,18 @@ from services.common.errors import RecordError
 from services.common.process import Output
 from services.common.timeutil import now_ms
 
+from . import metrics
 from .batcher import MicroBatcher
 from .hashtags import HashtagConfig, suggest
+from .prediction_cache import Lookup, PredictionCache, Scored, pixels_key
 from .settings import ClassifierSettings
 from .triton import ModelSignature, TritonModel
 
 Pixels = npt.NDArray[np.uint8]
-Scored = tuple[list[float], float, int]  # scores, request milliseconds, batch size
+
+#: wire pixels up to this size are hashed on the event loop (a JPEG: about 15 µs); larger ones
+#: (raw pixels, 150 KB: about 160 µs) in a decode worker, where hashlib lets the loop go on
+HASH_ON_LOOP_MAX_BYTES = 64 * 1024
 
 
 class Classifier:
@@ -44,6 +52,15 @@ class Classifier:
         self.batcher: MicroBatcher[Pixels, Scored] = MicroBatcher(
             self._infer, settings.max_batch_size, settings.max_batch_wait_ms / 1000, settings.max_requests_in_flight
         )
+        self.cache: PredictionCache | None = None
+        if settings.prediction_cache_enabled:
+            lookups = {how: metrics.CACHE_LOOKUPS.labels(how.value) for how in Lookup}
+            self.cache = PredictionCache(
+                ttl_s=settings.prediction_cache_ttl_s,
+                max_entries=settings.prediction_cache_max_entries,
+                on_lookup=lambda how: lookups[how].inc(),
+            )
+            metrics.CACHE_ENTRIES.set_function(self.cache.__len__)
 
     async def close(self) -> None:
         await self.batcher.close()
@@ -61,16 +78,11 @@ class Classifier:
         shape = (image["height"], image["width"], 3)
         if shape != self.signature.input_shape:
             raise RecordError("bad_shape", f"{shape} does not fit the model's {self.signature.input_shape}")
-        try:
-            if image["pixel_format"] == pixels.RAW:  # a view of the bytes: not worth a thread
-                array = pixels.decode(pixels.RAW, image["pixels"], *shape[:2])
-            else:
-                array = await asyncio.get_running_loop().run_in_executor(
-                    self.decode_pool, pixels.decode, image["pixel_format"], image["pixels"], *shape[:2]
-                )
-        except pixels.PixelError as exc:
-            raise RecordError("bad_pixels", str(exc)) from exc
-        scores, inference_ms, batch_size = await self.batcher.submit(array)
+        if self.cache is None:
+            scores, inference_ms, batch_size = await self._score(image)
+        else:
+            served = await self.cache.scores(await self._cache_key(image), lambda: self._score(image))
+            scores, inference_ms, batch_size = served.scores, served.inference_ms, served.batch_size
         prediction = {
             "origin": image["origin"],
             "hashtags": [{"hashtag": tag, "score": score} for tag, score in suggest(scores, self.tags)],
@@ -84,3 +96,24 @@ class Classifier:
             "batch_size": batch_size,
         }
         return [Output(self.settings.output_topic, PREDICTIONS.encode(prediction), key=image["origin"]["tweet_id"])]
+
+    async def _score(self, image: dict[str, Any]) -> Scored:
+        """Decode the record's pixels and have them scored in a batch."""
+        height, width = image["height"], image["width"]
+        try:
+            if image["pixel_format"] == pixels.RAW:  # a view of the bytes: not worth a thread
+                array = pixels.decode(pixels.RAW, image["pixels"], height, width)
+            else:
+                array = await asyncio.get_running_loop().run_in_executor(
+                    self.decode_pool, pixels.decode, image["pixel_format"], image["pixels"], height, width
+                )
+        except pixels.PixelError as exc:
+            raise RecordError("bad_pixels", str(exc)) from exc
+        return await self.batcher.submit(array)
+
+    async def _cache_key(self, image: dict[str, Any]) -> bytes:
+        sig, data = self.signature, image["pixels"]
+        arguments = (sig.name, sig.version, image["pixel_format"], image["height"], image["width"], data)
+        if len(data) <= HASH_ON_LOOP_MAX_BYTES:
+            return pixels_key(*arguments)
+        return await asyncio.get_running_loop().run_in_executor(self.decode_pool, pixels_key, *arguments)

@@ -1,4 +1,4 @@
-"""classifier's own metrics: the Triton client side."""
+"""classifier's own metrics: the Triton client side, and the prediction cache in front of it."""
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -12,3 +12,10 @@ BATCH_SIZE = Histogram(
 )
 REQUESTS_IN_FLIGHT = Gauge("tagstream_triton_requests_in_flight", "Inference requests awaiting Triton.")
 REQUEST_ERRORS = Counter("tagstream_triton_request_errors_total", "Failed inference requests by status.", ["status"])
+CACHE_LOOKUPS = Counter(
+    "tagstream_classifier_cache_lookups_total",
+    "Images looked up in the prediction cache: hit (no inference), coalesced (shared an inference "
+    "under way) or miss (inferred).",
+    ["result"],
+)
+CACHE_ENTRIES = Gauge("tagstream_classifier_cache_entries", "Images whose scores the prediction cache holds.")

@@ -38,3 +38,11 @@ class ClassifierSettings(StreamSettings):
     decode_workers: int = Field(default_factory=available_cpus, ge=1)
     #: class → hashtag mapping with per-class thresholds; default: the file shipped with the package
     hashtags_file: Path | None = None
+    #: how long an image's scores are reused for the same pixels and model; 0 turns the cache off
+    prediction_cache_ttl_s: float = Field(default=3600.0, ge=0)
+    #: images whose scores are kept, least recently used dropped first; 0 turns the cache off
+    prediction_cache_max_entries: int = Field(default=100_000, ge=0)
+
+    @property
+    def prediction_cache_enabled(self) -> bool:
+        return self.prediction_cache_ttl_s > 0 and self.prediction_cache_max_entries > 0

@@ -158,7 +158,8 @@ def test_a_triton_outage_loses_nothing_and_duplicates_nothing(kafka: None, own_t
     pixels = photo_pixels(1)[0]
     records = [image_record(str(20_000 + i), pixels) for i in range(240)]
     port = free_port()
-    env = classifier_env(topics, own_triton.grpc_url, "noop", port)
+    # every copy of the one image must reach Triton: the prediction cache would serve them all
+    env = classifier_env(topics, own_triton.grpc_url, "noop", port) | {"CLASSIFIER_PREDICTION_CACHE_TTL_S": "0"}
     with service("classifier", env, tmp_path / "classifier.log", port):
         feeder = threading.Thread(target=produce, args=(topics[0], records, 40.0))
         feeder.start()  # 6 s of input; Triton is away for about 3 s of it
