@@ -61,6 +61,8 @@ def classifier(guarantee: str, source: str, sink: str) -> Iterator[None]:
         "CLASSIFIER_PROCESSING_GUARANTEE": guarantee,
         "CLASSIFIER_SHEDDING_ENABLED": "false",
         "CLASSIFIER_MAX_IN_FLIGHT": "256",
+        # eight images, repeated: every copy is inferred, as distinct images would be
+        "CLASSIFIER_PREDICTION_CACHE_TTL_S": "0",
         "LOG_LEVEL": "WARNING",
     }
     with tempfile.TemporaryFile() as log:

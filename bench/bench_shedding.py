@@ -99,6 +99,8 @@ class Pipeline:
                 # the shedding decision short (README: sizing the classifier's window).
                 "CLASSIFIER_MAX_BATCH_SIZE": "4",
                 "CLASSIFIER_MAX_IN_FLIGHT": "8",
+                # The demo's few photos, repeated: every copy is inferred, as distinct photos would be.
+                "CLASSIFIER_PREDICTION_CACHE_TTL_S": "0",
             },
         }
         self.log_dir = log_dir

@@ -530,6 +530,9 @@ def _stages(topics: Topics, triton_url: str, work: Path, plan: Plan, bootstrap: 
             "CLASSIFIER_TRITON_URL": triton_url,
             "CLASSIFIER_MODEL_NAME": "noop",
             "CLASSIFIER_INSTANCE_ID": "chaos-0",
+            # The replay repeats the demo's few photos: with the prediction cache on, Triton's
+            # outage would go unseen once they are scored.
+            "CLASSIFIER_PREDICTION_CACHE_TTL_S": "0",
         },
         "sink": {
             "SINK_INPUT_TOPIC": topics.predictions,
