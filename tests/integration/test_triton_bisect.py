@@ -141,7 +141,12 @@ def test_the_classifier_dead_letters_the_refused_record_and_publishes_the_rest(
     ]
     produce(topics[0], records)  # all waiting before the classifier starts, so batches fill up
     port = free_port()
-    env = classifier_env(topics, rejecting_triton.grpc_url, MODEL, port) | {"CLASSIFIER_MAX_BATCH_SIZE": "8"}
+    env = classifier_env(topics, rejecting_triton.grpc_url, MODEL, port) | {
+        "CLASSIFIER_MAX_BATCH_SIZE": "8",
+        # The marked images are the same pixels: with the prediction cache on they would share one
+        # inference and its refusal, and no batch need be split for each of them.
+        "CLASSIFIER_PREDICTION_CACHE_TTL_S": "0",
+    }
     with service("classifier", env, tmp_path / "classifier.log", port):
         predictions = consume(topics[1], len(records) - len(marked), timeout_s=120)
         letters = dead_letters(topics[0] + ".dlq", {r["tweet_id"] for r in records}, expected=len(marked))
