@@ -23,7 +23,7 @@ from .figures import Figure
 from .stack import ROOT, running
 
 BASE = os.environ.get("BENCH_BASE", "b458ac8")
-ROUNDS = int(os.environ.get("BENCH_BASE_ROUNDS", "4"))
+ROUNDS = int(os.environ.get("BENCH_BASE_ROUNDS", "6"))
 IMAGES = 3000
 
 #: run in each tree, with that tree on the path: one classifier run, as JSON
