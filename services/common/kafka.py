@@ -12,8 +12,11 @@ with a non-zero code, and Kubernetes starts a fresh one.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import logging
+import queue
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -131,32 +134,99 @@ class AsyncProducer:
 
 class TransactionalProducer(AsyncProducer):
     """An `AsyncProducer` with a `transactional.id`: librdkafka's blocking transaction calls
-    run on a worker thread, so the event loop goes on meanwhile.
+    run on a thread of the producer's own, so the event loop goes on meanwhile.
 
     `init_transactions` fences any earlier producer with the same id: its open transaction
     is aborted at once, so read_committed readers are not held up until it times out.
+
+    Each call gets `timeout_s`; one that times out is retriable, and is made again (a broker
+    restarting). librdkafka should return by then; it does not always
+    (`send_offsets_to_transaction` can wait forever for a group coordinator that went away
+    with a broker restart: librdkafka issues 5456 and 5511). A call that has not returned
+    `CALL_GRACE_S` after its timeout fails as fatal: the producer is stuck in a state nothing
+    can undo, the process ends, and its successor fences it. The thread is a daemon one, so
+    the stuck call does not keep the process alive.
     """
 
-    def __init__(self, config: dict[str, Any], on_fatal: OnFatal | None = None, timeout_s: float = 30.0) -> None:
+    def __init__(self, config: dict[str, Any], on_fatal: OnFatal | None = None, timeout_s: float = 10.0) -> None:
         super().__init__(config, on_fatal)
         self.timeout_s = timeout_s
+        self._calls = _CallThread("kafka-transactions")
 
     async def init_transactions(self) -> None:
-        await asyncio.to_thread(self._producer.init_transactions, self.timeout_s)
+        await self._call("init_transactions", self._producer.init_transactions, self.timeout_s)
 
     async def begin_transaction(self) -> None:
-        await asyncio.to_thread(self._producer.begin_transaction)
+        await self._call("begin_transaction", self._producer.begin_transaction)
 
     async def send_offsets_to_transaction(self, offsets: list[TopicPartition], group_metadata: Any) -> None:
-        await asyncio.to_thread(self._producer.send_offsets_to_transaction, offsets, group_metadata, self.timeout_s)
+        send = self._producer.send_offsets_to_transaction
+        await self._call("send_offsets_to_transaction", send, offsets, group_metadata, self.timeout_s)
 
     async def commit_transaction(self) -> None:
-        await asyncio.to_thread(self._producer.commit_transaction, self.timeout_s)
+        await self._call("commit_transaction", self._producer.commit_transaction, self.timeout_s)
         self._hand_over()
 
     async def abort_transaction(self) -> None:
-        await asyncio.to_thread(self._producer.abort_transaction, self.timeout_s)
+        await self._call("abort_transaction", self._producer.abort_transaction, self.timeout_s)
         self._hand_over()
+
+    async def close(self) -> None:
+        if self._calls.stuck:  # a flush would wait on the stuck transaction: nothing of it can be delivered
+            self._stopping.set()
+            return
+        self._calls.stop()
+        await super().close()
+
+    async def _call(self, name: str, function: Callable[..., Any], *args: Any) -> None:
+        limit = self.timeout_s + CALL_GRACE_S
+        try:
+            await self._calls.run(functools.partial(function, *args), limit)
+        except TimeoutError:
+            reason = f"{name} did not return within {limit:.0f} s: the producer is stuck"
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, reason, fatal=True)) from None
+
+
+#: how long past its own timeout a transactional call may take before it counts as stuck
+CALL_GRACE_S = 10.0
+
+
+class _CallThread:
+    """Blocking calls run one at a time on a daemon thread, each awaited with a time limit.
+    A call past its limit is left running (a thread cannot be stopped) and the thread counts
+    as stuck: every later call fails at once."""
+
+    def __init__(self, name: str) -> None:
+        self._queue: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self.stuck = False
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while (item := self._queue.get()) is not None:
+            call, future = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(call())
+            except Exception as exc:  # noqa: BLE001 -- handed to the awaiting task, as asyncio.to_thread does
+                future.set_exception(exc)
+
+    async def run(self, call: Callable[[], Any], limit_s: float) -> Any:
+        if self.stuck:
+            raise TimeoutError("an earlier call is still running")
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._queue.put((call, future))
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), limit_s)
+        except TimeoutError:
+            self.stuck = True
+            raise
+
+    def stop(self) -> None:
+        self._queue.put(None)
 
 
 _Report = tuple["asyncio.Future[Message]", "KafkaError | None", Message]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -52,7 +53,13 @@ def run(stage: str, settings: S, body: Body[S]) -> None:
     logs.configure(settings.log_level)
     code = asyncio.run(_main(stage, settings, body))
     if code:
-        sys.exit(code)
+        # At once: a process that cannot go on must not be held at exit by a client call stuck
+        # on one of its threads (a librdkafka call that never returns, then its handle's
+        # destructor). What it had to write is written by now, or never will be.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 async def _main(stage: str, settings: S, body: Body[S]) -> int:

@@ -12,6 +12,7 @@ a shed copy, and the sink's store must hold each predicted image once.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -89,8 +90,8 @@ class Report:
     stored: Counter[ImageKey]
     kills: list[Kill]
     transactions_aborted: int = 0
-    #: stage → exit codes of the times it ended by itself (and was started again)
-    exits: dict[str, list[int]] = field(default_factory=dict)
+    #: stage → the times it ended by itself (and was started again)
+    exits: dict[str, list[Exit]] = field(default_factory=dict)
     elapsed_s: float = 0.0
     logs: Path = Path()
 
@@ -137,7 +138,8 @@ class Report:
             ("duplicated", str(len(self.duplicated))),
             ("held by the sink", str(len(self.stored))),
             ("transactions aborted and redone", str(self.transactions_aborted)),
-            ("exits not planned (stage: codes)", "; ".join(f"{n}: {c}" for n, c in self.exits.items() if c) or "none"),
+            ("exits by themselves (stage: code reason)", "; ".join(
+                f"{n}: {e.code} {e.reason[:80]}" for n, exits in self.exits.items() for e in exits) or "none"),
         ]  # fmt: skip
         for target in (*STAGES, "broker", "triton"):
             kills = [k for k in self.kills if k.target == target or (target == "broker" and k.target.isdigit())]
@@ -176,6 +178,25 @@ class Topics:
         ]
 
 
+@dataclass(frozen=True)
+class Exit:
+    """A stage that ended by itself: its exit code (negative: the signal that ended it) and the
+    reason it logged, if any."""
+
+    code: int
+    reason: str
+
+    @property
+    def planned(self) -> bool:
+        """An exit the code makes on purpose when a client library is stuck beyond repair
+        (services/common/kafka.py): the restart is the remedy, as in Kubernetes."""
+        return any(cause in self.reason for cause in LIBRARY_STUCK)
+
+
+#: what a stage logs when it ends because a library call never returned
+LIBRARY_STUCK = ("did not return within",)
+
+
 class Stage:
     """One stage's process, started again at once after a kill, as a pod is; and, as
     Kubernetes does, after it exits by itself (`restart_if_exited`), which is counted."""
@@ -185,7 +206,8 @@ class Stage:
         self.log_path = log_dir / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
-        self.exits: list[int] = []  # the exit codes of the times it ended by itself
+        self.exits: list[Exit] = []  # the times it ended by itself
+        self._log_start = 0  # where the running process's lines begin in its log
         self.stopping = False
         self._lock = threading.Lock()
 
@@ -193,7 +215,7 @@ class Stage:
         with self._lock:
             if self.stopping or self.process is None or self.process.poll() is None:
                 return
-            self.exits.append(self.process.returncode)
+            self.exits.append(Exit(self.process.returncode, self._reason()))
             self._launch()
 
     def kill_and_restart(self) -> None:
@@ -210,7 +232,22 @@ class Stage:
             assert self.process is not None
             wait_http(f"http://127.0.0.1:{self.port}/livez", 120, self.process)
 
+    def _reason(self) -> str:
+        """Why the last process said it stopped: its last critical line's reason."""
+        with self.log_path.open("rb") as log:
+            log.seek(self._log_start)
+            lines = log.read().decode(errors="replace").splitlines()
+        return next((_field(line, "reason") for line in reversed(lines) if '"level": "critical"' in line), "")
+
+    def tail(self, lines: int) -> list[str]:
+        """The last warnings and errors of the stage's log (librdkafka's own lines left out)."""
+        with suppress(FileNotFoundError):
+            text = self.log_path.read_text(errors="replace").splitlines()
+            return [line[:300] for line in text if '"level": "info"' not in line and not line.startswith("%")][-lines:]
+        return []
+
     def _launch(self) -> None:
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", f"services.{self.name}"],
@@ -443,7 +480,7 @@ def run(plan: Plan, work: Path) -> Report:
         kills = _play(events, stages, triton, cluster, plan)
         if replay.wait(plan.duration_s + 120) != 0:
             raise RuntimeError(f"the replay failed: see {work / 'replay.log'}")
-        _settle(kafka, topics, work / "sink.db", plan.seed, plan.settle_timeout_s)
+        _settle(kafka, topics, work / "sink.db", plan.seed, plan.settle_timeout_s, stages)
         for kill in kills:
             kill.recovered_at = flow.recovered(kill)
         for stage in stages.values():
@@ -489,6 +526,13 @@ class Cluster:
         pid_file = self.run_dir / ("kafka.pid" if self.nodes == 1 else f"kafka-{node}.pid")
         with suppress(ProcessLookupError, FileNotFoundError, ValueError):
             os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+
+
+def _field(line: str, name: str) -> str:
+    """A field of a structured log line; empty when the line is not one."""
+    with suppress(ValueError, AttributeError):
+        return str(json.loads(line).get(name, ""))
+    return ""
 
 
 def _free_ports(count: int) -> int:
@@ -598,15 +642,23 @@ def _play(events: list[Event], stages: dict[str, Stage], triton: Triton, cluster
     return kills
 
 
-def _settle(kafka: KafkaSettings, topics: Topics, sink_db: Path, seed: int, timeout_s: float) -> None:
-    """Wait until every image sent is accounted for and the sink holds what was predicted."""
+def _settle(
+    kafka: KafkaSettings, topics: Topics, sink_db: Path, seed: int, timeout_s: float, stages: dict[str, Stage]
+) -> None:
+    """Wait until every image sent is accounted for and the sink holds what was predicted; if
+    that does not happen, say so with each stage's last warnings (CI keeps no logs)."""
     deadline = time.monotonic() + timeout_s
     while True:
         report = account(kafka, topics, sink_db, seed, [])
         if not report.lost and set(report.stored) == set(report.predicted):
             return
         if time.monotonic() > deadline:
-            raise TimeoutError(f"not settled within {timeout_s} s: {report.problems()}")
+            tails = "".join(
+                f"\n--- {name} ({'running' if stage.process and stage.process.poll() is None else 'ended'}, "
+                f"exits {stage.exits}):\n" + "\n".join(stage.tail(8))
+                for name, stage in stages.items()
+            )
+            raise TimeoutError(f"not settled within {timeout_s} s: {report.problems()}{tails}")
         time.sleep(2)
 
 
