@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
@@ -35,6 +35,8 @@ from .kafka import OnFatal, Outgoing
 from .positions import PartitionKey, Positions, Ticket
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class Commits(Protocol):
@@ -66,14 +68,25 @@ class Commits(Protocol):
 
 #: how often the positions of partitions with nothing in flight are moved to the consumer's
 SKIP_AHEAD_EVERY_S = 1.0
+#: how long one ask for the committed positions may take, and how long they are asked for
+#: before the process gives up (the group coordinator moving while a broker restarts)
+LOOKUP_TIMEOUT_S = 10.0
+REWIND_TIMEOUT_S = 60.0
 
 
-class _SkipAhead:
-    """Partitions with nothing in flight commit the consumer's own position, which is past the
-    offsets that never come as records (Positions.skip_to); asked of the consumer once a second."""
+class _InFlight:
+    """What both policies share: the records in flight (`positions`), and partitions with
+    nothing in flight committing the consumer's own position, which is past the offsets that
+    never come as records (Positions.skip_to); asked of the consumer once a second."""
 
     positions: Positions[Any]
     _skipped_at = 0.0
+
+    def track(self, topic: str, partition: int, offset: int) -> Ticket:
+        return self.positions.track(topic, partition, offset)
+
+    def current(self, ticket: Ticket) -> bool:
+        return self.positions.current(ticket)
 
     async def skip_ahead(self, consumer: Any) -> None:
         if time.monotonic() - self._skipped_at < SKIP_AHEAD_EVERY_S:
@@ -87,19 +100,13 @@ class _SkipAhead:
                 self.positions.skip_to((position.topic, position.partition), position.offset)
 
 
-class AtLeastOnce(_SkipAhead):
+class AtLeastOnce(_InFlight):
     def __init__(self, producer: Producer, stage: str, backoff: Backoff = DEFAULT_BACKOFF) -> None:
         self.producer = producer
         self.stage = stage
         self.backoff = backoff
         self.positions: Positions[None] = Positions()
         self.failed = False  # a write is retried until it succeeds: nothing here ends the process
-
-    def track(self, topic: str, partition: int, offset: int) -> Ticket:
-        return self.positions.track(topic, partition, offset)
-
-    def current(self, ticket: Ticket) -> bool:
-        return self.positions.current(ticket)
 
     async def start(self) -> None:
         pass
@@ -143,7 +150,7 @@ class _Released:
     replace: Replace
 
 
-class ExactlyOnce(_SkipAhead):
+class ExactlyOnce(_InFlight):
     """Transactions over the loop. Every call comes from the loop's own task (`checkpoint`), or
     from a rebalance callback while that task waits inside `consume`, so commits, aborts and
     rewinds never overlap; records finishing meanwhile (`complete`, from the record tasks) never
@@ -156,16 +163,12 @@ class ExactlyOnce(_SkipAhead):
         on_fatal: OnFatal,
         commit_interval_s: float = 0.1,
         backoff: Backoff = DEFAULT_BACKOFF,
-        lookup_timeout_s: float = 10.0,
-        rewind_timeout_s: float = 60.0,
     ) -> None:
         self.producer = producer
         self.stage = stage
         self.on_fatal = on_fatal
         self.commit_interval_s = commit_interval_s
         self.backoff = backoff
-        self.lookup_timeout_s = lookup_timeout_s
-        self.rewind_timeout_s = rewind_timeout_s
         self.positions: Positions[_Released] = Positions()
         self.failed = False
         self._open = False  # a transaction is open and taking records
@@ -174,12 +177,6 @@ class ExactlyOnce(_SkipAhead):
         self._produced: Counter[str] = Counter()  # outputs in the open transaction, by topic
         self._last_commit = time.monotonic()
         self._aborts_in_a_row = 0
-
-    def track(self, topic: str, partition: int, offset: int) -> Ticket:
-        return self.positions.track(topic, partition, offset)
-
-    def current(self, ticket: Ticket) -> bool:
-        return self.positions.current(ticket)
 
     async def start(self) -> None:
         """Fence any earlier producer with this transactional id, then open a transaction."""
@@ -285,25 +282,21 @@ class ExactlyOnce(_SkipAhead):
     async def _rewind(self, consumer: Any, keep_out: AbstractSet[PartitionKey] = frozenset()) -> None:
         """Seek every assigned partition (but `keep_out`) to its committed position. The group
         coordinator may be moving (a broker restarting), so asking is retried; if it cannot be
-        asked for `rewind_timeout_s`, reading on from the wrong positions is not an option: the
+        asked for `REWIND_TIMEOUT_S`, reading on from the wrong positions is not an option: the
         process ends."""
         partitions = [p for p in await consumer.assignment() if (p.topic, p.partition) not in keep_out]
         if not partitions:
             return
-        deadline, attempt = time.monotonic() + self.rewind_timeout_s, 0
-        while True:
-            try:
-                committed = await consumer.committed(partitions, timeout=self.lookup_timeout_s)
-                break
-            except KafkaException as exc:
-                if time.monotonic() > deadline:
-                    self._fail(exc.args[0])
-                    return
-                delay = self.backoff.delay(attempt)
-                attempt += 1
-                fields = {"error": str(exc), "retry_in_s": delay}
-                log.warning("committed positions unknown, asking again", extra={"fields": fields})
-                await asyncio.sleep(delay)
+        deadline = time.monotonic() + REWIND_TIMEOUT_S
+        try:
+            committed: list[TopicPartition] = await self._retrying(
+                lambda: consumer.committed(partitions, timeout=LOOKUP_TIMEOUT_S),
+                gives_up=lambda _: time.monotonic() > deadline,
+                message="committed positions unknown, asking again",
+            )
+        except KafkaException as exc:
+            self._fail(exc.args[0])
+            return
         for position in committed:
             offset = position.offset if position.offset >= 0 else OFFSET_BEGINNING
             try:
@@ -324,20 +317,25 @@ class ExactlyOnce(_SkipAhead):
         for released in waiting:
             self._write(released)
 
-    async def _retrying(self, call: Callable[[], Awaitable[None]]) -> None:
-        """librdkafka asks for a retriable transactional call to be made again."""
+    async def _retrying(
+        self,
+        call: Callable[[], Awaitable[T]],
+        gives_up: Callable[[KafkaException], bool] = lambda exc: not exc.args[0].retriable(),
+        message: str = "transaction call failed, retrying",
+    ) -> T:
+        """`call()` made again, with backoff, until it succeeds or its failure `gives_up`
+        (by default: librdkafka asks for a retriable transactional call to be made again)."""
         attempt = 0
         while True:
             try:
-                await call()
-                return
+                return await call()
             except KafkaException as exc:
-                if not exc.args[0].retriable():
+                if gives_up(exc):
                     raise
                 delay = self.backoff.delay(attempt)
                 attempt += 1
                 fields = {"error": str(exc), "retry_in_s": delay}
-                log.warning("transaction call failed, retrying", extra={"fields": fields})
+                log.warning(message, extra={"fields": fields})
                 await asyncio.sleep(delay)
 
     def _fail(self, error: KafkaError) -> None:

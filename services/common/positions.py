@@ -84,11 +84,13 @@ class Positions(Generic[R]):
     def complete(self, ticket: Ticket, result: R | None = None) -> list[R] | None:
         """Mark the record done; the results released in offset order, or None when its
         partition was revoked (or rewound) since it was read: nothing of it may be written."""
-        if not self.current(ticket):
+        key = ticket.partition_key
+        tracker = self._partitions.get(key)
+        if tracker is None or tracker is not ticket._tracker:  # not current()
             return None
-        position, released = self._partitions[ticket.partition_key].complete(ticket.offset, result)
+        position, released = tracker.complete(ticket.offset, result)
         if position is not None:
-            self._moved[ticket.partition_key] = position
+            self._moved[key] = position
         return released
 
     def take(self) -> dict[PartitionKey, int]:

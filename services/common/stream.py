@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
@@ -170,16 +171,21 @@ class StreamLoop:
         log.info("partitions assigned", extra={"fields": {"partitions": [p.partition for p in partitions]}})
 
     async def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        self._assignment -= _keys(partitions)
-        await self.commits.revoked(consumer, _keys(partitions))
-        self.admission.forget(_keys(partitions))
+        await self._taken_away(partitions, partial(self.commits.revoked, consumer))
         log.info("partitions revoked", extra={"fields": {"partitions": [p.partition for p in partitions]}})
 
     async def _on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        self._assignment -= _keys(partitions)
-        await self.commits.lost(consumer, _keys(partitions))
-        self.admission.forget(_keys(partitions))
+        await self._taken_away(partitions, partial(self.commits.lost, consumer))
         log.warning("partitions lost", extra={"fields": {"partitions": [p.partition for p in partitions]}})
+
+    async def _taken_away(
+        self, partitions: list[TopicPartition], settle: Callable[[set[PartitionKey]], Awaitable[None]]
+    ) -> None:
+        """No longer ours: out of the assignment, settled by the commit policy, forgotten by admission."""
+        keys = _keys(partitions)
+        self._assignment -= keys
+        await settle(keys)
+        self.admission.forget(keys)
 
 
 def _keys(partitions: list[TopicPartition]) -> set[PartitionKey]:
