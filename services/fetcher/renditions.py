@@ -66,7 +66,9 @@ class RenditionPlanner:
         ):
             return None
         name = smallest_covering(self.boxes, width, height, self.size)
-        if not parsed.query_string and not parsed.fragment:  # as the API gives them: no parameters yet
+        if (
+            "?" not in url and "#" not in url
+        ):  # as the API gives them: no parameters yet (a bare ? or # parses as empty)
             return Rendition(f"{url}?format=jpg&name={name}", name)
         query = [(k, v) for k, v in parsed.query.items() if k not in ("format", "name")]
         return Rendition(str(parsed.with_query([*query, ("format", "jpg"), ("name", name)])), name)

@@ -87,6 +87,13 @@ def test_x_photo_and_preview_urls_get_a_rendition_query() -> None:
     assert replaced.url == f"{X}/media/Gab.png?x=1&format=jpg&name=medium"
 
 
+@pytest.mark.parametrize("ending", ["?", "#"])
+def test_a_bare_question_mark_or_hash_is_not_kept_before_the_rendition_query(ending: str) -> None:
+    chosen = RenditionPlanner(["pbs.twimg.com"], 224).choose(f"{X}/media/Gab.jpg{ending}", 1200, 800)
+    assert chosen is not None
+    assert chosen.url == f"{X}/media/Gab.jpg?format=jpg&name=small"
+
+
 @pytest.mark.parametrize(
     "url",
     [
