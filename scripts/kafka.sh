@@ -46,10 +46,12 @@ BASE_PORT="${KAFKA_PORT:-9092}"
 BASE_METRICS_PORT="${KAFKA_METRICS_PORT:-9404}"
 HOST=127.0.0.1
 
+node_port() { echo $((BASE_PORT + 2 * ($1 - 1))); }
+
 # use_node N: point the per-node variables at node N. One node keeps the layout it always had.
 use_node() {
   NODE="$1"
-  PORT=$((BASE_PORT + 2 * (NODE - 1)))
+  PORT="$(node_port "$NODE")"
   CONTROLLER_PORT=$((PORT + 1))
   METRICS_PORT=$((BASE_METRICS_PORT + NODE - 1))
   BOOTSTRAP="localhost:$PORT"
@@ -68,17 +70,19 @@ use_node() {
   OUT_FILE="$LOG_DIR/kafka.out"   # JVM stdout/stderr (crashes, early errors)
 }
 
-# The nodes a command is for: those named, or all.
-selected_nodes() {
+# select_nodes [N ...]: SELECTED, the nodes a command is for: those named, or all. Run in the
+# main shell, so that a node that does not exist ends the script.
+SELECTED=()
+select_nodes() {
   if (($# == 0)); then
-    seq 1 "$NODES"
+    mapfile -t SELECTED < <(seq 1 "$NODES")
     return
   fi
   local n
   for n in "$@"; do
     [[ "$n" =~ ^[0-9]+$ ]] && ((n >= 1 && n <= NODES)) || die "no node $n (KAFKA_NODES=$NODES)"
-    echo "$n"
   done
+  SELECTED=("$@")
 }
 # 16 bytes "tagstream-local1", base64url: a valid, fixed KRaft cluster id (one node, local only).
 CLUSTER_ID="${KAFKA_CLUSTER_ID:-dGFnc3RyZWFtLWxvY2FsMQ}"
@@ -175,7 +179,7 @@ render_props() {
     replicas=1 min_isr=1
   else
     local n voters=()
-    for n in $(seq 1 "$NODES"); do voters+=("$n@$HOST:$((BASE_PORT + 2 * (n - 1) + 1))"); done
+    for n in $(seq 1 "$NODES"); do voters+=("$n@$HOST:$(($(node_port "$n") + 1))"); done
     quorum="controller.quorum.voters=$(IFS=,; echo "${voters[*]}")"
     replicas=$((NODES < 3 ? NODES : 3))
     min_isr=$((replicas > 1 ? 2 : 1))
@@ -228,11 +232,11 @@ wait_ready() {
   fail_start "broker did not answer on $BOOTSTRAP within ${START_TIMEOUT}s (pid $pid still running; see scripts/kafka.sh stop)"
 }
 
-# launch_node: start the selected node in the background unless it runs; print its pid.
+# launch_node: start the selected node in the background unless it runs; its pid in
+# LAUNCHED_PID, and in LOG_MARK the lines its log held before.
 launch_node() {
-  local pid
-  if pid="$(our_pid)"; then
-    printf '%s\n' "$pid"
+  LOG_MARK="$( (wc -l <"$LOG_FILE") 2>/dev/null || echo 0)"
+  if LAUNCHED_PID="$(our_pid)"; then
     return 0
   fi
   rm -f "$PID_FILE"
@@ -250,21 +254,23 @@ launch_node() {
     kafka.Kafka "$PROPS")
   log "starting node $NODE (logs: ${LOG_FILE#"$ROOT"/})"
   : >"$OUT_FILE"
-  LOG_MARK="$( (wc -l <"$LOG_FILE") 2>/dev/null || echo 0)"
-  daemon_launch "kafka-$NODE" "$OUT_FILE" "${cmd[@]}" || fail_start "could not launch node $NODE"
+  LAUNCHED_PID="$(daemon_launch "kafka-$NODE" "$OUT_FILE" "${cmd[@]}")" || fail_start "could not launch node $NODE"
 }
 
 cmd_start() {
   cmd_fetch
   local n t0=$SECONDS
-  declare -A pids=()
+  declare -A pids=() marks=()
+  select_nodes "$@"
   # Every node is launched before any is waited for: a controller quorum needs a majority up.
-  for n in $(selected_nodes "$@"); do
+  for n in "${SELECTED[@]}"; do
     use_node "$n"
-    pids[$n]="$(launch_node)"
+    launch_node
+    pids[$n]="$LAUNCHED_PID" marks[$n]="$LOG_MARK"
   done
-  for n in $(selected_nodes "$@"); do
+  for n in "${SELECTED[@]}"; do
     use_node "$n"
+    LOG_MARK="${marks[$n]}"
     wait_ready "${pids[$n]}"
     log "running (node $n, pid ${pids[$n]}) on $BOOTSTRAP, ready after $((SECONDS - t0))s"
   done
@@ -272,12 +278,13 @@ cmd_start() {
 
 cmd_stop() {
   local n pid
+  select_nodes "$@"
   # All are told first: a node waiting for a quorum the others already left stops slowly.
-  for n in $(selected_nodes "$@"); do
+  for n in "${SELECTED[@]}"; do
     use_node "$n"
     if pid="$(our_pid)"; then kill -TERM "$pid" 2>/dev/null || true; fi
   done
-  for n in $(selected_nodes "$@"); do
+  for n in "${SELECTED[@]}"; do
     use_node "$n"
     daemon_stop "broker $n"
   done
@@ -285,7 +292,8 @@ cmd_stop() {
 
 cmd_status() {
   local n pid rc=0
-  for n in $(selected_nodes "$@"); do
+  select_nodes "$@"
+  for n in "${SELECTED[@]}"; do
     use_node "$n"
     local prefix=""
     ((NODES > 1)) && prefix="node $n: "
