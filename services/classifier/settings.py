@@ -23,15 +23,14 @@ class ClassifierSettings(StreamSettings):
     output_topic: str = STAGE.output or ""
     group_id: str = STAGE.group or ""
     processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
-    #: records between consuming and producing; they wait here after the shedding decision, so
-    #: keep it near 2 x max_batch_size x max_requests_in_flight
-    max_in_flight: int = Field(default=64, ge=1)
     triton_url: str = "localhost:8001"
     model_name: str = "resnet50"
     #: empty: the newest version Triton serves
     model_version: str = ""
     max_batch_size: int = 16
     max_batch_wait_ms: float = 20.0
+    #: records wait in the in-flight window (`max_in_flight`, 64) after the shedding decision:
+    #: keep that near 2 x max_batch_size x max_requests_in_flight
     max_requests_in_flight: int = 2
     request_timeout_s: float = 30.0
     #: threads decoding JPEG-encoded pixels (raw pixels need none)

@@ -36,7 +36,7 @@ GPU_MODEL = Path("gpu") / "resnet50" / "1" / "model.onnx"  # in a model reposito
 CPU_MODEL = Path("cpu") / "resnet50" / "1" / "model.onnx"
 # Triton's config of each form: its `weights_meaningful` parameter says what the weights are
 # worth, so whoever serves the repository serves that fact with the weights.
-CONFIGS = (Path("gpu") / "resnet50" / "config.pbtxt", Path("cpu") / "resnet50" / "config.pbtxt")
+CONFIGS = tuple(model.parents[1] / "config.pbtxt" for model in (GPU_MODEL, CPU_MODEL))
 WEIGHTS_PARAMETER = re.compile(
     r'parameters\s*\{\s*key:\s*"weights_meaningful"\s*value:\s*\{\s*string_value:\s*"[^"]*"\s*\}\s*\}'
 )
