@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Mapping
-from functools import partial
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -102,15 +101,14 @@ async def replay_shaped(
 DEAD_LETTER_REASONS = ("bad_json", "bad_encoding", "not_a_post", "bad_post", "too_large")
 
 
-def zero_series(settings: IngestSettings) -> list[Callable[[], object]]:
-    """The labelled series a replay counts, to be created at 0 before it starts: a series born
+def zero_series(settings: IngestSettings) -> None:
+    """Create the labelled series a replay counts, at 0, before it is scraped: a series born
     with its first increment has no earlier sample, and `rate()` sees nothing of a short run."""
-    return [
-        partial(metrics.RECORDS_CONSUMED.labels, STAGE, "replay"),
-        partial(metrics.RECORDS_PRODUCED.labels, STAGE, settings.output_topic),
-        partial(metrics.RECORDS_SKIPPED.labels, STAGE, "no_images"),
-        *(partial(metrics.DEAD_LETTERS.labels, STAGE, reason) for reason in DEAD_LETTER_REASONS),
-    ]
+    metrics.RECORDS_CONSUMED.labels(STAGE, "replay")
+    metrics.RECORDS_PRODUCED.labels(STAGE, settings.output_topic)
+    metrics.RECORDS_SKIPPED.labels(STAGE, "no_images")
+    for reason in DEAD_LETTER_REASONS:
+        metrics.DEAD_LETTERS.labels(STAGE, reason)
 
 
 def read_payloads(path: Path) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -86,12 +86,9 @@ def stale_registrations(directory: Path, alive: Callable[[int], bool]) -> list[P
 
 
 @contextlib.asynccontextmanager
-async def scraped(scrape: Scrape, zero_series: Iterable[Callable[[], object]] = ()) -> AsyncIterator[str]:
+async def scraped(scrape: Scrape) -> AsyncIterator[str]:
     """Serve, register and wait for a first scrape; on leaving, wait for a scrape of the final
-    counts and unregister. `zero_series` create the labelled series the run will count, at 0.
-    Yields the instance (`host:port`)."""
-    for create in zero_series:
-        create()
+    counts and unregister. Yields the instance (`host:port`)."""
     port = scrape.port or _free_port(scrape.host)
     health = HealthServer(port, host=scrape.host)
     await health.start()

@@ -39,7 +39,8 @@ async def replay(
     (`INGEST_REPLAY_FILE`) needs none: the service is scraped on its port."""
     async with contextlib.AsyncExitStack() as stack:
         if scrape is not None:
-            await stack.enter_async_context(scraped(scrape, zero_series(settings)))
+            zero_series(settings)
+            await stack.enter_async_context(scraped(scrape))
         producer = AsyncProducer(producer_config(settings.kafka, "tagstream-ingest-replay", wait_forever=True))
         try:
             if shape is None:
