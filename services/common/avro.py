@@ -73,6 +73,14 @@ class SchemaVersion:
     #: from the previous version's shape to this one's, when Avro resolution cannot do it
     upgrade: Upgrade | None = None
 
+    def encode(self, record: Record) -> bytes:
+        """`record` as a writer of this version writes it."""
+        buffer = io.BytesIO()
+        buffer.write(MARKER)
+        buffer.write(self.fingerprint)
+        fastavro.schemaless_writer(buffer, self.schema, record)
+        return buffer.getvalue()
+
 
 @dataclass(frozen=True)
 class Codec:
@@ -102,7 +110,7 @@ class Codec:
         return self.current.schema
 
     def encode(self, record: Record) -> bytes:
-        return _encode(self.current, record)
+        return self.current.encode(record)
 
     def decode(self, data: bytes | None) -> Record:
         """The record in the newest version's shape, whichever released version wrote it."""
@@ -158,16 +166,8 @@ class Codec:
             upgraded = self.versions[step]
             upgrade = upgraded.upgrade
             assert upgrade is not None
-            body = io.BytesIO(_encode(upgraded, upgrade(record))[HEADER_LENGTH:])
+            body = io.BytesIO(upgraded.encode(upgrade(record))[HEADER_LENGTH:])
             writer, index = upgraded, step
-
-
-def _encode(version: SchemaVersion, record: Record) -> bytes:
-    buffer = io.BytesIO()
-    buffer.write(MARKER)
-    buffer.write(version.fingerprint)
-    fastavro.schemaless_writer(buffer, version.schema, record)
-    return buffer.getvalue()
 
 
 Check = Callable[["_Cursor"], None]

@@ -19,7 +19,6 @@ a length claims: it reads what is there, from a buffer that shares the record's 
 from __future__ import annotations
 
 import asyncio
-import io
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,7 +38,6 @@ from services.common.avro import (
     AvroDecodeError,
     Codec,
     Record,
-    SchemaVersion,
 )
 from services.common.envelope import Envelope
 from services.common.process import Output, Processor
@@ -107,14 +105,7 @@ ALL_VERSIONS = [(codec, version) for codec in CODECS for version in codec.versio
 def encoded(draw: st.DrawFn, codec: Codec) -> bytes:
     """A valid record of one of `codec`'s versions."""
     version = draw(st.sampled_from(codec.versions))
-    return write(version, draw(values(version.schema)))
-
-
-def write(version: SchemaVersion, record: Record) -> bytes:
-    buffer = io.BytesIO()
-    buffer.write(MARKER + version.fingerprint)
-    fastavro.schemaless_writer(buffer, version.schema, record)
-    return buffer.getvalue()
+    return version.encode(draw(values(version.schema)))
 
 
 HUGE = st.sampled_from([2**31 - 1, 2**31, 2**40, 2**62, -1, -(2**31), -(2**62)])
@@ -226,7 +217,7 @@ def many_small_items(draw: st.DrawFn, codec: Codec) -> bytes:
         record[field_["name"]] = [_smallest(field_["type"]["items"])] * count
     else:
         record[field_["name"]] = {str(i): _default(field_["type"]["values"]) for i in range(count)}
-    return Large(write(version, record))
+    return Large(version.encode(record))
 
 
 def _smallest(schema: Any) -> Any:
@@ -349,7 +340,7 @@ def rules(count: int) -> bytes:
     Python objects for 1 MiB of record."""
     record = smallest_items(BY_NAME["tweets"].schema)
     assert record is not None
-    return write(BY_NAME["tweets"].current, {**record, "matching_rules": [{"id": "", "tag": None}] * count})
+    return BY_NAME["tweets"].current.encode({**record, "matching_rules": [{"id": "", "tag": None}] * count})
 
 
 def test_a_record_of_too_many_items_is_refused_before_it_takes_memory() -> None:
@@ -367,8 +358,8 @@ def test_an_int_outside_32_bits_is_refused() -> None:
     images = BY_NAME["images"]
     v1 = images.versions[0]
     record = {f["name"]: _default(f["type"]) for f in v1.schema["fields"]}
-    assert images.decode(write(v1, {**record, "priority": 2**31 - 1}))["origin"]["priority"] == 2**31 - 1
-    outcome = attempt(lambda: images.decode(write(v1, {**record, "priority": 2**31})), AvroDecodeError)
+    assert images.decode(v1.encode({**record, "priority": 2**31 - 1}))["origin"]["priority"] == 2**31 - 1
+    outcome = attempt(lambda: images.decode(v1.encode({**record, "priority": 2**31})), AvroDecodeError)
     assert isinstance(outcome, AvroDecodeError)
     assert "an int outside 32 bits" in outcome.detail
 

@@ -8,16 +8,14 @@ tests/integration/test_model_notice.py.
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from pathlib import Path
 
-import fastavro
 import pytest
 
 from services.classifier.triton import declared_meaningful
-from services.common.avro import PREDICTIONS, UnknownSchemaError, load_codec
+from services.common.avro import PREDICTIONS, UnknownSchemaError, load_codec, nest_origin
 from services.sink.handler import flatten
 from services.sink.sqlite_store import SqliteStore
 from tests.sink.records import prediction
@@ -29,19 +27,8 @@ ROOT = Path(__file__).resolve().parents[2]
 REPOSITORY = ROOT / "model_repository"
 
 
-def v2_bytes(record: dict[str, object]) -> bytes:
-    """A `predictions` record as a classifier released before v3 writes it."""
-    v2 = PREDICTIONS.versions[1]
-    buffer = io.BytesIO()
-    fastavro.schemaless_writer(buffer, v2.schema, record)
-    return b"\xc3\x01" + v2.fingerprint + buffer.getvalue()
-
-
 def nested(**overrides: object) -> dict[str, object]:
-    flat = prediction(**overrides)  # type: ignore[arg-type]
-    origin = {k: flat.pop(k) for k in ("tweet_id", "media_key", "image_url", "post_url", "text")}
-    origin |= {k: flat.pop(k) for k in ("author_username", "priority", "ingest_ts_ms")}
-    return {"origin": origin, **flat}
+    return nest_origin(prediction(**overrides))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("declared", [True, False, None])
@@ -53,7 +40,7 @@ def test_a_prediction_carries_what_its_model_declared(declared: bool | None) -> 
 def test_a_prediction_from_before_the_field_reads_as_unknown_never_as_meaningful() -> None:
     record = nested()
     del record["model_weights_meaningful"]
-    decoded = PREDICTIONS.decode(v2_bytes(record))
+    decoded = PREDICTIONS.decode(PREDICTIONS.versions[1].encode(record))  # as a classifier before v3 wrote it
     assert decoded["model_weights_meaningful"] is None
     assert flatten(decoded)["model_weights_meaningful"] is None
 
