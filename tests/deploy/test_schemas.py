@@ -14,7 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from .manifests import ROOT, Obj, load_crds, named, of_kind, strict_schema
+from .manifests import ROOT, Obj, load_crds, named, of_kind, strict_schema, workloads
 
 # The oldest Kubernetes release we claim to support, and the newest the validator knows.
 KUBERNETES_VERSIONS = ("1.31.0", kubernetes_validate.latest_version())
@@ -58,7 +58,7 @@ def test_overlay_renders_the_whole_system(objects: list[Obj]) -> None:
     kinds = Counter(o["kind"] for o in objects)
     for kind, count in EXPECTED_KINDS.items():
         assert kinds[kind] == count, f"{kind}: {kinds[kind]} rendered, {count} expected"
-    names = {o["metadata"]["name"] for o in objects if o["kind"] in ("Deployment", "StatefulSet")}
+    names = {o["metadata"]["name"] for o in workloads(objects)}
     assert names == {"ingest", "fetcher", "classifier", "sink", "triton"}
     for obj in objects:
         if obj["kind"] != "Namespace":

@@ -16,7 +16,7 @@ from services.common.errors import RecordError
 from services.common.process import Output
 from services.common.shedding import ShedLevel
 from tests.fakes.kafka import FakeTransactionalProducer
-from tests.unit.test_stream_loop import IN, OUT, P0, P1, Gates, Harness, eventually, numbered, running
+from tests.unit.test_stream_loop import IN, OUT, P0, P1, Gates, Harness, eventually, lettered, numbered, running
 
 
 def transactions(h: Harness) -> FakeTransactionalProducer:
@@ -101,12 +101,7 @@ async def test_dead_letters_and_shed_copies_commit_in_the_same_transactions() ->
 async def test_a_revoked_partition_commits_its_finished_prefix_and_nothing_of_what_finishes_later() -> None:
     gates = Gates()
 
-    def setup(h: Harness) -> None:
-        for i in range(3):
-            h.put(f"a{i}", partition=0)
-            h.put(f"b{i}", partition=1)
-
-    async with running(gates.handle, partitions=(P0, P1), setup=setup, exactly_once=True) as h:
+    async with running(gates.handle, partitions=(P0, P1), setup=lettered(3), exactly_once=True) as h:
         await eventually("all in flight", lambda: len(gates.calls) == 6)
         gates.open("a0")
         gates.open("b0")

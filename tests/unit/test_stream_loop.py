@@ -65,7 +65,6 @@ class Harness:
     codec: CountingCodec
     stage: str
     fatal: list[str]
-    stop: asyncio.Event
     task: asyncio.Task[None] | None
 
     def put(self, tweet_id: str, partition: int = 0, priority: int = 1, headers: bool = True) -> None:
@@ -86,6 +85,17 @@ def numbered(count: int) -> Callable[[Harness], None]:
     def setup(h: Harness) -> None:
         for i in range(count):
             h.put(str(i))
+
+    return setup
+
+
+def lettered(count: int) -> Callable[[Harness], None]:
+    """A setup that puts tweets "a0" .. on partition 0 and "b0" .. on partition 1, `count` each."""
+
+    def setup(h: Harness) -> None:
+        for i in range(count):
+            h.put(f"a{i}", partition=0)
+            h.put(f"b{i}", partition=1)
 
     return setup
 
@@ -137,7 +147,7 @@ async def running(
         producer = FakeProducer(broker, failures)
         commits = AtLeastOnce(producer, stage, FAST)
     loop = StreamLoop(processor, consumer, commits, pause_after_s=0.05)
-    harness = Harness(broker, consumer, producer, loop, codec, stage, fatal, stop, task=None)
+    harness = Harness(broker, consumer, producer, loop, codec, stage, fatal, task=None)
     if setup is not None:
         setup(harness)
     harness.task = task = asyncio.create_task(loop.run(stop))
@@ -201,12 +211,7 @@ async def test_commit_moves_only_past_records_finished_in_order() -> None:
 async def test_a_revoked_partition_commits_its_finished_prefix_and_stops_the_rest() -> None:
     gates = Gates()
 
-    def setup(h: Harness) -> None:
-        for i in range(3):
-            h.put(f"a{i}", partition=0)
-            h.put(f"b{i}", partition=1)
-
-    async with running(gates.handle, partitions=(P0, P1), setup=setup) as h:
+    async with running(gates.handle, partitions=(P0, P1), setup=lettered(3)) as h:
         await eventually("all six in flight", lambda: len(gates.calls) == 6)
         for i in range(3):
             gates.open(f"b{i}")
@@ -267,12 +272,7 @@ async def test_a_full_window_pauses_the_input_until_there_is_room() -> None:
 async def test_a_partition_assigned_while_paused_does_not_grow_the_window() -> None:
     gates = Gates()
 
-    def setup(h: Harness) -> None:
-        for i in range(3):
-            h.put(f"a{i}", partition=0)
-            h.put(f"b{i}", partition=1)
-
-    async with running(gates.handle, partitions=(P0,), max_in_flight=2, setup=setup) as h:
+    async with running(gates.handle, partitions=(P0,), max_in_flight=2, setup=lettered(3)) as h:
         await eventually("paused", lambda: h.consumer.paused == {P0})
         h.consumer.assign([P1])
         await eventually("the new partition paused too", lambda: h.consumer.paused == {P0, P1})
