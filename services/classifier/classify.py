@@ -11,6 +11,7 @@ decoding or inferring it again; such a prediction says so with `batch_size` 0 an
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +29,7 @@ from services.common.timeutil import now_ms
 from . import metrics
 from .batcher import MicroBatcher
 from .hashtags import HashtagConfig, suggest
-from .prediction_cache import Lookup, PredictionCache, Scored, pixels_key
+from .prediction_cache import Lookup, PredictionCache, Scored, key_of, key_prefix
 from .settings import ClassifierSettings
 from .triton import ModelSignature, TritonModel
 
@@ -48,7 +49,6 @@ class Classifier:
         self.model = model
         self.signature = signature
         self.tags = tags
-        self.labels = tuple(c.label for c in tags.classes)
         self.batcher: MicroBatcher[Pixels, Scored] = MicroBatcher(
             self._infer, settings.max_batch_size, settings.max_batch_wait_ms / 1000, settings.max_requests_in_flight
         )
@@ -61,6 +61,8 @@ class Classifier:
                 on_lookup=lambda how: lookups[how].inc(),
             )
             metrics.CACHE_ENTRIES.set_function(self.cache.__len__)
+        #: per pixel format, a SHA-256 already fed the key's header (model, format and size)
+        self._key_prefixes: dict[str, hashlib._Hash] = {}
 
     async def close(self) -> None:
         await self.batcher.close()
@@ -86,7 +88,7 @@ class Classifier:
         prediction = {
             "origin": image["origin"],
             "hashtags": [{"hashtag": tag, "score": score} for tag, score in suggest(scores, self.tags)],
-            "scores": dict(zip(self.labels, scores, strict=True)),
+            "scores": dict(zip(self.signature.labels, scores, strict=True)),
             "model_name": self.signature.name,
             "model_version": self.signature.version,
             "model_weights_meaningful": self.signature.weights_meaningful,
@@ -112,8 +114,15 @@ class Classifier:
         return await self.batcher.submit(array)
 
     async def _cache_key(self, image: dict[str, Any]) -> bytes:
-        sig, data = self.signature, image["pixels"]
-        arguments = (sig.name, sig.version, image["pixel_format"], image["height"], image["width"], data)
+        """`pixels_key` of the record's pixels; its height and width are the model's (`handle`
+        checked them), so the header only varies with the pixel format."""
+        pixel_format, data = image["pixel_format"], image["pixels"]
+        prefix = self._key_prefixes.get(pixel_format)
+        if prefix is None:
+            sig = self.signature
+            prefix = key_prefix(sig.name, sig.version, pixel_format, image["height"], image["width"])
+            if pixel_format in (pixels.RAW, pixels.JPEG):  # not any string a record may carry
+                self._key_prefixes[pixel_format] = prefix
         if len(data) <= HASH_ON_LOOP_MAX_BYTES:
-            return pixels_key(*arguments)
-        return await asyncio.get_running_loop().run_in_executor(self.decode_pool, pixels_key, *arguments)
+            return key_of(prefix, data)
+        return await asyncio.get_running_loop().run_in_executor(self.decode_pool, key_of, prefix, data)

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import tracemalloc
 from collections import Counter
+from typing import cast
 
 import numpy as np
 import pytest
 
+from services.classifier.classify import HASH_ON_LOOP_MAX_BYTES, Classifier
+from services.classifier.hashtags import HashtagConfig
 from services.classifier.prediction_cache import Lookup, PredictionCache, Scored, Served, pixels_key
 from services.classifier.settings import ClassifierSettings
+from services.classifier.triton import ModelSignature, TritonModel
+from services.common import pixels
 from services.common.errors import RecordError, RetryableError
 
 CLASSES = 27
@@ -131,6 +137,35 @@ def test_the_key_ties_the_pixels_to_the_model_their_format_and_size() -> None:
     }
     assert base not in others
     assert len(others) == 6
+
+
+def test_the_key_is_a_sha256_of_a_json_header_then_the_pixels() -> None:
+    data = b"\xff\xd8 some jpeg"
+    expected = hashlib.sha256(b'["resnet50", "1", "JPEG", 224, 224]\n' + data).digest()
+    assert pixels_key("resnet50", "1", "JPEG", 224, 224, data) == expected
+
+
+async def test_the_classifier_s_key_from_a_kept_header_is_pixels_key() -> None:
+    signature = ModelSignature("resnet50", "3", "input", "UINT8", (224, 224, 3), "output", ("a", "b"))
+    classifier = Classifier(
+        ClassifierSettings(prediction_cache_ttl_s=0, decode_workers=1),
+        cast(TritonModel, None),
+        signature,
+        HashtagConfig(classes=(), top_k=1, fallback="others"),
+    )
+    try:
+        raw = bytes(range(256)) * (224 * 224 * 3 // 256)
+        assert len(raw) > HASH_ON_LOOP_MAX_BYTES  # hashed in a decode worker
+        jpeg = b"\xff\xd8 a small jpeg"  # hashed on the loop
+        for pixel_format, data in [(pixels.JPEG, jpeg), (pixels.RAW, raw), ("PNG", jpeg)] * 2:
+            image = {"pixel_format": pixel_format, "height": 224, "width": 224, "pixels": data}
+            expected = pixels_key("resnet50", "3", pixel_format, 224, 224, data)
+            assert await classifier._cache_key(image) == expected  # the kept header is not changed by a key
+            image["pixels"] = memoryview(data)
+            assert await classifier._cache_key(image) == expected
+        assert set(classifier._key_prefixes) == {pixels.JPEG, pixels.RAW}  # not a record's stray format
+    finally:
+        await classifier.close()
 
 
 async def test_a_new_model_does_not_serve_the_old_model_s_scores() -> None:
