@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .figures import Figure
-from .stack import ROOT, running
+from .stack import ROOT, machine_load, running
 
 BASE = os.environ.get("BENCH_BASE", "b458ac8")
 ROUNDS = int(os.environ.get("BENCH_BASE_ROUNDS", "6"))
@@ -85,7 +85,7 @@ def run() -> list[Figure]:
         "base": BASE, "rounds": ROUNDS, "images": IMAGES, "model": "noop", "pixels": "raw",
         "classifier_cpu_ms_per_image": cpu, "images_per_s": rate,
         "cpu_ms_per_image_rounds": {side: [r["cpu"]["classifier"] for r in runs] for side, runs in rounds.items()},
-        "load": {"at_start": [round(x, 2) for x in load_at_start], "at_end": [round(x, 2) for x in os.getloadavg()]},
+        "load": machine_load(load_at_start),
     }  # fmt: skip
     return [
         Figure(

@@ -37,7 +37,7 @@ from services.fetcher.imaging import to_model_input
 from tools import demo_data
 
 from .figures import Figure
-from .stack import KAFKA_PROCESSES, ROOT, TRITON_PROCESSES, cpu_seconds, free_port, running
+from .stack import KAFKA_PROCESSES, ROOT, TRITON_PROCESSES, cpu_seconds, free_port, machine_load, running
 
 TRITON = "localhost:8001"
 ROUNDS = 2
@@ -83,6 +83,15 @@ async def triton_alone(
     return requests * batch / elapsed, cpu
 
 
+def fresh_topics(prefix: str) -> tuple[str, str]:
+    """An `images` and a `predictions` topic of this run's own, created now, 3 partitions each:
+    `<prefix>-images-<random>` and `<prefix>-predictions-<random>`."""
+    suffix = uuid.uuid4().hex[:8]
+    source, sink = f"{prefix}-images-{suffix}", f"{prefix}-predictions-{suffix}"
+    ensure_topics(KafkaSettings(), [TopicSpec(source, 3), TopicSpec(sink, 3)])
+    return source, sink
+
+
 def produce_images(topic: str, images: list[bytes], n: int, encoding: pixels.Encoding) -> int:
     """Write `n` image records; return the mean bytes of their pixels."""
     producer = Producer({"bootstrap.servers": "localhost:9092", "linger.ms": 20, "compression.type": "lz4"})
@@ -118,14 +127,13 @@ def classifier_run(
     """Images/s of the classifier process over `n` pre-produced records, and the CPU
     milliseconds per image of the classifier, Triton and the broker, both taken between its
     first and its last prediction."""
-    suffix = uuid.uuid4().hex[:8]
-    source, sink = f"bench-images-{suffix}", f"bench-predictions-{suffix}"
-    ensure_topics(KafkaSettings(), [TopicSpec(source, 3), TopicSpec(sink, 3)])
+    source, sink = fresh_topics("bench")
     produce_images(source, images, n, encoding)  # type: ignore[arg-type]
     port = free_port()
     env = {
         **os.environ,
-        "CLASSIFIER_INPUT_TOPIC": source, "CLASSIFIER_OUTPUT_TOPIC": sink, "CLASSIFIER_GROUP_ID": f"bench-{suffix}",
+        "CLASSIFIER_INPUT_TOPIC": source, "CLASSIFIER_OUTPUT_TOPIC": sink,
+        "CLASSIFIER_GROUP_ID": f"bench-{uuid.uuid4().hex[:8]}",
         "CLASSIFIER_MODEL_NAME": model, "CLASSIFIER_METRICS_PORT": str(port), "CLASSIFIER_TRITON_URL": TRITON,
         "CLASSIFIER_MAX_BATCH_SIZE": str(batch), "CLASSIFIER_MAX_REQUESTS_IN_FLIGHT": str(in_flight),
         "CLASSIFIER_MAX_IN_FLIGHT": str(max(128, 4 * batch * in_flight)), "LOG_LEVEL": "WARNING",
@@ -234,7 +242,7 @@ def run() -> list[Figure]:
         jpeg_rate, jpeg_cpu = classifier_run("noop", images, noop["n"], noop["batch"], noop["in_flight"], "jpeg")
         print(f"noop with JPEG pixels: classifier {jpeg_rate:.1f}/s", flush=True)
     # other work on these cores (1, 5 and 15 minute load averages)
-    load = {"at_start": [round(x, 2) for x in load_at_start], "at_end": [round(x, 2) for x in os.getloadavg()]}
+    load = machine_load(load_at_start)
     raw_bytes = len(images[0])
     classifier_cpu = noop["cpu_ms_per_image_pipeline"]["classifier"]
     client_cpu = noop["cpu_ms_per_image_alone"]["client"]

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -31,14 +29,11 @@ from confluent_kafka import Consumer, Producer
 from services.common import pixels
 from services.common.avro import IMAGES, PREDICTIONS
 from services.common.envelope import Envelope
-from services.common.kafka import ensure_topics
-from services.common.settings import KafkaSettings
-from services.common.stages import TopicSpec
-from tests.integration.processes import Triton, wait_http
+from tests.integration.processes import Triton, metric, wait_http
 
-from .bench_classifier import sample_pixels
+from .bench_classifier import fresh_topics, sample_pixels
 from .figures import Figure
-from .stack import ROOT, cpu_seconds, free_port, running
+from .stack import ROOT, cpu_seconds, free_port, machine_load, running
 
 POSTS = 1500
 REPOST_SHARE = 0.30
@@ -94,23 +89,14 @@ def records(plan: list[int], images: list[npt.NDArray[np.uint8]]) -> list[tuple[
     return out
 
 
-def metric(url: str, name: str, labels: str = "") -> float:
-    """The sum of a metric's samples whose labels contain `labels`, from a /metrics page."""
-    with urllib.request.urlopen(url, timeout=5) as response:
-        page = response.read().decode()
-    pattern = re.compile(rf"^{re.escape(name)}(\{{[^}}]*\}})? (\S+)$", re.MULTILINE)
-    return sum(float(value) for found, value in pattern.findall(page) if labels in (found or ""))
-
-
 def replay(triton: Triton, encoded: list[tuple[str, bytes]], cache: bool) -> dict[str, Any]:
     """One classifier run over the replay, written at POSTS_PER_S while it runs."""
-    suffix = uuid.uuid4().hex[:8]
-    source, sink = f"bench-images-{suffix}", f"bench-predictions-{suffix}"
-    ensure_topics(KafkaSettings(), [TopicSpec(source, 3), TopicSpec(sink, 3)])
+    source, sink = fresh_topics("bench")
     port = free_port()
     env = {
         **os.environ,
-        "CLASSIFIER_INPUT_TOPIC": source, "CLASSIFIER_OUTPUT_TOPIC": sink, "CLASSIFIER_GROUP_ID": f"bench-{suffix}",
+        "CLASSIFIER_INPUT_TOPIC": source, "CLASSIFIER_OUTPUT_TOPIC": sink,
+        "CLASSIFIER_GROUP_ID": f"bench-{uuid.uuid4().hex[:8]}",
         "CLASSIFIER_MODEL_NAME": MODEL, "CLASSIFIER_METRICS_PORT": str(port),
         "CLASSIFIER_TRITON_URL": triton.grpc_url, "CLASSIFIER_SHEDDING_ENABLED": "false", "LOG_LEVEL": "WARNING",
     }  # fmt: skip
@@ -195,7 +181,7 @@ def run() -> list[Figure]:
             off = replay(triton, encoded, cache=False)
         finally:
             triton.stop()
-    load = {"at_start": [round(x, 2) for x in load_at_start], "at_end": [round(x, 2) for x in os.getloadavg()]}
+    load = machine_load(load_at_start)
     print(f"cache on: {on}\ncache off: {off}", flush=True)
     served = on["lookups"]["hit"] + on["lookups"]["coalesced"]
     context = {

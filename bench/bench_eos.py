@@ -29,13 +29,11 @@ from pathlib import Path
 
 from confluent_kafka import Consumer
 
-from services.common.kafka import ensure_topics
 from services.common.settings import KafkaSettings
-from services.common.stages import TopicSpec
 from tests.chaos.harness import STAGES, Plan
 from tests.chaos.harness import run as chaos_run
 
-from .bench_classifier import produce_images, sample_pixels
+from .bench_classifier import fresh_topics, produce_images, sample_pixels
 from .figures import Figure
 from .stack import ROOT, free_port, running
 
@@ -108,15 +106,8 @@ def _ingest_ms(headers: object) -> int:
     raise ValueError("a prediction without its ingest_ts_ms header")
 
 
-def topics() -> tuple[str, str]:
-    suffix = uuid.uuid4().hex[:8]
-    source, sink = f"bench-eos-images-{suffix}", f"bench-eos-predictions-{suffix}"
-    ensure_topics(KafkaSettings(), [TopicSpec(source, 3), TopicSpec(sink, 3)])
-    return source, sink
-
-
 def backlog_rate(guarantee: str, images: list[bytes]) -> float:
-    source, sink = topics()
+    source, sink = fresh_topics("bench-eos")
     produce_images(source, images, BACKLOG, "raw")
     with classifier(guarantee, source, sink):
         seen = arrivals(sink, BACKLOG, timeout_s=300)
@@ -127,7 +118,7 @@ def backlog_rate(guarantee: str, images: list[bytes]) -> float:
 def steady_p99(guarantee: str, images: list[bytes]) -> float:
     """End-to-end p99 at a steady rate: from each image's write (its ingest time, set when it is
     written here) to a read_committed reader holding its prediction."""
-    source, sink = topics()
+    source, sink = fresh_topics("bench-eos")
     count = int(STEADY_RATE * STEADY_S)
     with classifier(guarantee, source, sink):
         time.sleep(5)  # joined and ready before the first write

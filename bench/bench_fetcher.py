@@ -31,7 +31,7 @@ import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from bench import decoders
 from bench.fetcher_server import renditions
 from bench.figures import Figure
-from bench.stack import free_port, running
+from bench.stack import free_port, machine_load, running
 from services.common.avro import TWEETS
 from services.common.cpus import available_cpus
 from services.common.envelope import Envelope
@@ -78,50 +78,55 @@ def run() -> list[Figure]:
     settings = FetcherSettings()
     cores = available_cpus()
     load_at_start = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="bench-fetcher-") as tmp:
-        originals = write_originals(Path(tmp) / "originals")
-        served = served_renditions(originals, settings)
-        traffic = {
-            "originals": [f"{w}x{h}" for w, h in ORIGINAL_SIZES],
-            "rendition_asked_for": "small (every original: its short side after fitting 680 is 453-510)",
-            "mean_bytes_original": int(statistics.mean(p.stat().st_size for p in originals)),
-            "mean_bytes_rendition": int(statistics.mean(len(d) for d in served)),
-        }
-        full_size = [p.read_bytes() for p, size in zip(originals, ORIGINAL_SIZES, strict=True) if size == (1200, 800)]
-        decoding = {
-            "originals_1200x800": decoders.rates(full_size, settings.image_size),
-            "small_renditions_served": decoders.rates(served, settings.image_size),
-        }
-        bound_name, bound_per_core = decoders.fastest(decoding["small_renditions_served"])
-        print(f"decoders, single core, images/s: {decoding}", flush=True)
-        sizes = json.dumps(ORIGINAL_SIZES)
-        with image_server(Path(tmp) / "originals", with_renditions=True) as port:
-            rounds = []
-            for _ in range(EFFICIENCY_ROUNDS):
-                run_ = fetcher_per_core(port, 0, IMAGES, sizes)
-                rounds.append(run_ | _efficiency(run_, bound_per_core, cores))
-                print(f"no delay: {rounds[-1]}", flush=True)
-            slow_rounds = []
-            for _ in range(LATENCY_ROUNDS):
-                slow_rounds.append(fetcher_per_core(port, LATENCY_MS, LATENCY_IMAGES, sizes))
-                print(f"{LATENCY_MS} ms: {slow_rounds[-1]}", flush=True)
-            slow = sorted(slow_rounds, key=lambda r: r["images_per_s"])[len(slow_rounds) // 2]
-            service = fetcher_service(port, SERVICE_IMAGES)
-            print(f"service: {service}", flush=True)
-        photos = write_memory_photos(Path(tmp) / "photos")
-        with image_server(photos) as port:
-            memory = fetcher_load(
-                "memory", "--port", str(port), "--slow", str(SLOW), "--oversized", str(OVERSIZED),
-                "--images", str(MEMORY_IMAGES),
-            )  # fmt: skip
-    bombs = decode_bombs()
-    # the same load with the per-image cap and the shared budget lifted: what issue 16 saw
-    uncapped = decode_bombs(
-        {"FETCHER_MAX_IMAGE_MEMORY_BYTES": str(2**40), "FETCHER_MAX_DECODE_MEMORY_BYTES": str(2**40)}
-    )
+    # the broker, from the service run to the decode bombs': started once if it is down, stopped after them
+    with ExitStack() as broker:
+        with tempfile.TemporaryDirectory(prefix="bench-fetcher-") as tmp:
+            originals = write_originals(Path(tmp) / "originals")
+            served = served_renditions(originals, settings)
+            traffic = {
+                "originals": [f"{w}x{h}" for w, h in ORIGINAL_SIZES],
+                "rendition_asked_for": "small (every original: its short side after fitting 680 is 453-510)",
+                "mean_bytes_original": int(statistics.mean(p.stat().st_size for p in originals)),
+                "mean_bytes_rendition": int(statistics.mean(len(d) for d in served)),
+            }
+            full_size = [
+                p.read_bytes() for p, size in zip(originals, ORIGINAL_SIZES, strict=True) if size == (1200, 800)
+            ]
+            decoding = {
+                "originals_1200x800": decoders.rates(full_size, settings.image_size),
+                "small_renditions_served": decoders.rates(served, settings.image_size),
+            }
+            bound_name, bound_per_core = decoders.fastest(decoding["small_renditions_served"])
+            print(f"decoders, single core, images/s: {decoding}", flush=True)
+            sizes = json.dumps(ORIGINAL_SIZES)
+            with image_server(Path(tmp) / "originals", with_renditions=True) as port:
+                rounds = []
+                for _ in range(EFFICIENCY_ROUNDS):
+                    run_ = fetcher_per_core(port, 0, IMAGES, sizes)
+                    rounds.append(run_ | _efficiency(run_, bound_per_core, cores))
+                    print(f"no delay: {rounds[-1]}", flush=True)
+                slow_rounds = []
+                for _ in range(LATENCY_ROUNDS):
+                    slow_rounds.append(fetcher_per_core(port, LATENCY_MS, LATENCY_IMAGES, sizes))
+                    print(f"{LATENCY_MS} ms: {slow_rounds[-1]}", flush=True)
+                slow = sorted(slow_rounds, key=lambda r: r["images_per_s"])[len(slow_rounds) // 2]
+                broker.enter_context(running("scripts/kafka.sh"))
+                service = fetcher_service(port, SERVICE_IMAGES)
+                print(f"service: {service}", flush=True)
+            photos = write_memory_photos(Path(tmp) / "photos")
+            with image_server(photos) as port:
+                memory = fetcher_load(
+                    "memory", "--port", str(port), "--slow", str(SLOW), "--oversized", str(OVERSIZED),
+                    "--images", str(MEMORY_IMAGES),
+                )  # fmt: skip
+        bombs = decode_bombs()
+        # the same load with the per-image cap and the shared budget lifted: what issue 16 saw
+        uncapped = decode_bombs(
+            {"FETCHER_MAX_IMAGE_MEMORY_BYTES": str(2**40), "FETCHER_MAX_DECODE_MEMORY_BYTES": str(2**40)}
+        )
     # other work on these cores (1, 5 and 15 minute load averages): CPU per image grows with it,
     # wall-clock rates fall with it
-    load = {"at_start": [round(x, 2) for x in load_at_start], "at_end": [round(x, 2) for x in os.getloadavg()]}
+    load = machine_load(load_at_start)
     # EFFICIENCY_ROUNDS is odd: the middle round by CPU per image is the median
     middle = sorted(rounds, key=lambda r: r["cpu_ms_per_image"])[len(rounds) // 2]
     bound_cpu_ms = 1000 / bound_per_core
@@ -345,55 +350,42 @@ def fetcher_per_core(port: int, delay_ms: int, images: int, media_sizes: str) ->
 
 
 def fetcher_service(port: int, images: int) -> dict[str, Any]:
-    """CPU per image of the real service on X-like posts, by thread, from its 500th image to its last."""
-    with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp, running("scripts/kafka.sh"):
+    """CPU per image of the real service on X-like posts, by thread, from its 500th image to its last
+    (the local broker must be up)."""
+    with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
         tweets, output = _fresh_topics("tweets", "images")
         _produce_posts(tweets, port, images)
         metrics_port = free_port()
-        env = {
-            "FETCHER_INPUT_TOPIC": tweets,
-            "FETCHER_OUTPUT_TOPIC": output,
-            "FETCHER_GROUP_ID": f"bench-fetcher-{uuid.uuid4().hex[:8]}",
-            "FETCHER_METRICS_PORT": str(metrics_port),
-            "FETCHER_ALLOW_PRIVATE_NETWORKS": "true",  # the image server is on loopback
-            "FETCHER_RENDITION_HOSTS": '["127.0.0.1"]',
-            "FETCHER_DECODE_WORKERS": "1",
-            "FETCHER_SHEDDING_ENABLED": "false",
-            "FETCHER_DOWNSTREAM_GROUP": "",
-            "LOG_LEVEL": "WARNING",
-        }
-        with (Path(tmp) / "fetcher.log").open("wb") as log:
-            # One core, as a replica gets one CPU: unpinned, its event loop and decode thread run
-            # on two cores at once and hand the interpreter lock across them, which costs CPU a
-            # one-CPU replica does not spend.
-            one_core = max(os.sched_getaffinity(0))
-            fetcher = subprocess.Popen(
-                ["taskset", "-c", str(one_core), sys.executable, "-m", "services.fetcher"],
-                cwd=ROOT, env={**os.environ, **env}, stderr=log,
-            )  # fmt: skip
-            try:
-                _wait_http(f"http://127.0.0.1:{metrics_port}/healthz", fetcher)
-                started = time.monotonic()
-                while sum(_fetch_results(metrics_port).values()) < 500:
-                    if fetcher.poll() is not None or time.monotonic() - started > 300:
-                        raise RuntimeError(
-                            f"fetcher ended or stalled: {(Path(tmp) / 'fetcher.log').read_text()[-2000:]}"
-                        )
-                    time.sleep(0.05)
-                threads_before, done_before, at_first = (
-                    _thread_cpu(fetcher.pid),
-                    _fetch_results(metrics_port),
-                    time.monotonic(),
-                )
-                done = done_before
-                while sum(done.values()) < images and time.monotonic() - at_first < 300:
-                    time.sleep(0.2)
-                    done = _fetch_results(metrics_port)
-                threads_after, elapsed = _thread_cpu(fetcher.pid), time.monotonic() - at_first
-                names = _python_thread_names(fetcher.pid)
-            finally:
-                fetcher.terminate()
-                fetcher.wait(30)
+        env = _fetcher_env(
+            tweets,
+            output,
+            metrics_port,
+            FETCHER_RENDITION_HOSTS='["127.0.0.1"]',
+            FETCHER_DECODE_WORKERS="1",
+            LOG_LEVEL="WARNING",
+        )
+        # One core, as a replica gets one CPU: unpinned, its event loop and decode thread run
+        # on two cores at once and hand the interpreter lock across them, which costs CPU a
+        # one-CPU replica does not spend.
+        one_core = max(os.sched_getaffinity(0))
+        log_path = Path(tmp) / "fetcher.log"
+        with _fetcher_process(env, metrics_port, log_path, ("taskset", "-c", str(one_core))) as fetcher:
+            started = time.monotonic()
+            while sum(_fetch_results(metrics_port).values()) < 500:
+                if fetcher.poll() is not None or time.monotonic() - started > 300:
+                    raise RuntimeError(f"fetcher ended or stalled: {log_path.read_text()[-2000:]}")
+                time.sleep(0.05)
+            threads_before, done_before, at_first = (
+                _thread_cpu(fetcher.pid),
+                _fetch_results(metrics_port),
+                time.monotonic(),
+            )
+            done = done_before
+            while sum(done.values()) < images and time.monotonic() - at_first < 300:
+                time.sleep(0.2)
+                done = _fetch_results(metrics_port)
+            threads_after, elapsed = _thread_cpu(fetcher.pid), time.monotonic() - at_first
+            names = _python_thread_names(fetcher.pid)
     counted = sum(done.values()) - sum(done_before.values())
     by_thread: dict[str, float] = {}
     for tid, (name, seconds) in threads_after.items():
@@ -513,54 +505,32 @@ def bomb_files(directory: Path) -> dict[str, int]:
 
 
 def decode_bombs(overrides: dict[str, str] | None = None) -> dict[str, Any]:
-    """Peak RSS of a real fetcher process with decode bombs in flight; `overrides` are added to
-    its environment."""
-    with tempfile.TemporaryDirectory(prefix="bench-bombs-") as tmp, running("scripts/kafka.sh"):
+    """Peak RSS of a real fetcher process with decode bombs in flight (the local broker must be
+    up); `overrides` are added to its environment."""
+    with tempfile.TemporaryDirectory(prefix="bench-bombs-") as tmp:
         directory = Path(tmp) / "files"
         directory.mkdir()
         sizes = bomb_files(directory)
         tweets, images = _fresh_topics("tweets", "images")
         metrics_port = free_port()
-        env = {
-            "FETCHER_INPUT_TOPIC": tweets,
-            "FETCHER_OUTPUT_TOPIC": images,
-            "FETCHER_GROUP_ID": f"bench-fetcher-{uuid.uuid4().hex[:8]}",
-            "FETCHER_METRICS_PORT": str(metrics_port),
-            "FETCHER_ALLOW_PRIVATE_NETWORKS": "true",  # the image server is on loopback
-            "FETCHER_SHEDDING_ENABLED": "false",
-            "FETCHER_DOWNSTREAM_GROUP": "",
-            **(overrides or {}),
-        }
-        with image_server(directory) as port, (Path(tmp) / "fetcher.log").open("wb") as log:
-            fetcher = subprocess.Popen(
-                [sys.executable, "-m", "services.fetcher"], cwd=ROOT, env={**os.environ, **env}, stderr=log
-            )
-            try:
-                _wait_http(f"http://127.0.0.1:{metrics_port}/healthz", fetcher)
-                before = _status_mb(fetcher.pid, "VmRSS")
-                started = time.monotonic()
-                _replay(Path(tmp), tweets, port)
-                images_total = 4 * BOMB_POSTS
-                outcomes: dict[str, float] = {}
-                sampled = 0.0
-                while sum(outcomes.values()) < images_total:
-                    if fetcher.poll() is not None or time.monotonic() - started > 600:
-                        raise RuntimeError(
-                            f"fetcher ended or stalled: {(Path(tmp) / 'fetcher.log').read_text()[-2000:]}"
-                        )
-                    sampled = max(sampled, _status_mb(fetcher.pid, "VmRSS"))
-                    outcomes = _fetch_results(metrics_port)
-                    time.sleep(0.2)
-                elapsed = time.monotonic() - started
-                peak = _status_mb(fetcher.pid, "VmHWM")
-                _wait_http(f"http://127.0.0.1:{metrics_port}/healthz", fetcher)  # still up and ready
-            finally:
-                fetcher.terminate()
-                try:
-                    fetcher.wait(30)
-                except subprocess.TimeoutExpired:
-                    fetcher.kill()
-                    fetcher.wait()
+        env = _fetcher_env(tweets, images, metrics_port, **(overrides or {}))
+        log_path = Path(tmp) / "fetcher.log"
+        with image_server(directory) as port, _fetcher_process(env, metrics_port, log_path) as fetcher:
+            before = _status_mb(fetcher.pid, "VmRSS")
+            started = time.monotonic()
+            _replay(Path(tmp), tweets, port)
+            images_total = 4 * BOMB_POSTS
+            outcomes: dict[str, float] = {}
+            sampled = 0.0
+            while sum(outcomes.values()) < images_total:
+                if fetcher.poll() is not None or time.monotonic() - started > 600:
+                    raise RuntimeError(f"fetcher ended or stalled: {log_path.read_text()[-2000:]}")
+                sampled = max(sampled, _status_mb(fetcher.pid, "VmRSS"))
+                outcomes = _fetch_results(metrics_port)
+                time.sleep(0.2)
+            elapsed = time.monotonic() - started
+            peak = _status_mb(fetcher.pid, "VmHWM")
+            _wait_http(f"http://127.0.0.1:{metrics_port}/healthz", fetcher)  # still up and ready
     settings = FetcherSettings()
     return {
         "peak_rss_mb": peak,
@@ -577,6 +547,43 @@ def decode_bombs(overrides: dict[str, str] | None = None) -> dict[str, Any]:
             "decode_workers": settings.decode_workers,
         },
     }
+
+
+def _fetcher_env(tweets: str, output: str, metrics_port: int, **extra: str) -> dict[str, str]:
+    """The fetcher service's environment (added to ours) for a run reading `tweets` and writing
+    `output` with a group of its own, images from the loopback server, shedding off; `extra` added."""
+    return {
+        "FETCHER_INPUT_TOPIC": tweets,
+        "FETCHER_OUTPUT_TOPIC": output,
+        "FETCHER_GROUP_ID": f"bench-fetcher-{uuid.uuid4().hex[:8]}",
+        "FETCHER_METRICS_PORT": str(metrics_port),
+        "FETCHER_ALLOW_PRIVATE_NETWORKS": "true",  # the image server is on loopback
+        "FETCHER_SHEDDING_ENABLED": "false",
+        "FETCHER_DOWNSTREAM_GROUP": "",
+        **extra,
+    }
+
+
+@contextmanager
+def _fetcher_process(
+    env: dict[str, str], metrics_port: int, log_path: Path, prefix: tuple[str, ...] = ()
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m services.fetcher` (after the command `prefix`, if any) with `env` added and its
+    stderr in `log_path`, ready on its /healthz; stopped afterwards."""
+    with log_path.open("wb") as log:
+        fetcher = subprocess.Popen(
+            [*prefix, sys.executable, "-m", "services.fetcher"], cwd=ROOT, env={**os.environ, **env}, stderr=log
+        )
+        try:
+            _wait_http(f"http://127.0.0.1:{metrics_port}/healthz", fetcher)
+            yield fetcher
+        finally:
+            fetcher.terminate()
+            try:
+                fetcher.wait(30)
+            except subprocess.TimeoutExpired:
+                fetcher.kill()
+                fetcher.wait()
 
 
 def _fresh_topics(*names: str) -> list[str]:

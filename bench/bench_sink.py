@@ -28,12 +28,10 @@ import statistics
 import subprocess
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote
 
 import psycopg
 
@@ -41,6 +39,7 @@ from services.sink.group_commit import GroupPolicy
 from services.sink.postgres_store import PostgresStore
 from services.sink.sqlite_store import SqliteStore
 from services.sink.store import Store
+from tests.sink.postgres import fresh_schema
 
 from .figures import Figure
 from .stack import ROOT
@@ -111,7 +110,7 @@ async def measure_postgres(url: str) -> dict[str, list[float]]:
     rates: dict[str, list[float]] = {name: [] for name in POSTGRES_SETTINGS}
     for _ in range(ROUNDS):
         for name, grouping in POSTGRES_SETTINGS.items():
-            with schema_of_its_own(url) as schema_url:
+            with fresh_schema(url, prefix="bench") as schema_url:
                 store = await PostgresStore.open(schema_url, POOL_SIZE, grouping=grouping)
                 rates[name].append(await upserts_per_s(store))
     return rates
@@ -134,18 +133,6 @@ def durable_postgres(directory: Path) -> Iterator[str]:
         yield url
     finally:
         subprocess.run([*script, "stop"], env=env, capture_output=True, check=False)
-
-
-@contextmanager
-def schema_of_its_own(url: str) -> Iterator[str]:
-    schema = f"bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    try:
-        yield f"{url}?options={quote(f'-csearch_path={schema}')}"
-    finally:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 def run() -> list[Figure]:

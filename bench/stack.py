@@ -34,6 +34,12 @@ def free_port() -> int:
         return port
 
 
+def machine_load(at_start: tuple[float, float, float]) -> dict[str, list[float]]:
+    """Other work on these cores: the 1, 5 and 15 minute load averages `at_start` (from
+    `os.getloadavg()`) and now, to two places."""
+    return {"at_start": [round(x, 2) for x in at_start], "at_end": [round(x, 2) for x in os.getloadavg()]}
+
+
 #: command-line fragments that pick out the local stack's processes
 TRITON_PROCESSES = ("tritonserver", "triton_python_backend_stub")
 KAFKA_PROCESSES = ("kafka.Kafka",)

@@ -7,6 +7,7 @@ instead of the stack's, so they neither disturb it nor depend on its state.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -59,6 +60,14 @@ def wait_http(url: str, timeout_s: float, process: subprocess.Popen[bytes] | Non
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{url} not ready after {timeout_s} s") from None
             time.sleep(0.3)
+
+
+def metric(url: str, name: str, labels: str = "") -> float:
+    """The sum of a metric's samples whose labels contain `labels`, from a /metrics page."""
+    with urllib.request.urlopen(url, timeout=5) as response:
+        page = response.read().decode()
+    pattern = re.compile(rf"^{re.escape(name)}(\{{[^}}]*\}})? (\S+)$", re.MULTILINE)
+    return sum(float(value) for found_labels, value in pattern.findall(page) if labels in (found_labels or ""))
 
 
 @contextmanager

@@ -7,9 +7,7 @@ images it was asked to score.
 
 from __future__ import annotations
 
-import re
 import shutil
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import pytest
 
 from services.common import pixels
 
-from .processes import Triton, free_port, fresh_topics, service
+from .processes import Triton, free_port, fresh_topics, metric, service
 from .test_classifier import MODELS, classifier_env, consume, image_record, photo_pixels, produce
 
 pytestmark = pytest.mark.integration
@@ -42,9 +40,11 @@ class TritonPythonModel:
 """
 
 
-@pytest.fixture
-def pixel_triton(tmp_path: Path) -> Iterator[Triton]:
-    """A Triton of this test's own serving `pixelmeans`: noop's signature, scores from the pixels."""
+@pytest.fixture(scope="module")
+def pixel_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Triton]:
+    """A Triton of this module's own serving `pixelmeans`: noop's signature, scores from the pixels.
+    Shared by its tests, which count only the images it scores while each runs."""
+    tmp_path = tmp_path_factory.mktemp("pixel-triton")
     model = tmp_path / "models" / MODEL
     shutil.copytree(MODELS / "noop", model)
     config = model / "config.pbtxt"
@@ -54,14 +54,6 @@ def pixel_triton(tmp_path: Path) -> Iterator[Triton]:
     triton.start()
     yield triton
     triton.stop()
-
-
-def metric(url: str, name: str, labels: str = "") -> float:
-    """The sum of a metric's samples whose labels contain `labels`, from a /metrics page."""
-    with urllib.request.urlopen(url, timeout=5) as response:
-        page = response.read().decode()
-    pattern = re.compile(rf"^{re.escape(name)}(\{{[^}}]*\}})? (\S+)$", re.MULTILINE)
-    return sum(float(value) for found_labels, value in pattern.findall(page) if labels in (found_labels or ""))
 
 
 def test_a_repost_s_prediction_is_made_without_a_triton_call(kafka: None, pixel_triton: Triton, tmp_path: Path) -> None:

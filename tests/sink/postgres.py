@@ -35,9 +35,9 @@ def cluster() -> Iterator[str]:
 
 
 @contextmanager
-def fresh_schema(url: str) -> Iterator[str]:
-    """A URL whose connections work in a new, empty schema, dropped afterwards."""
-    schema = f"test_{uuid.uuid4().hex[:12]}"
+def fresh_schema(url: str, prefix: str = "test") -> Iterator[str]:
+    """A URL whose connections work in a new, empty schema `<prefix>_<random>`, dropped afterwards."""
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
     try:
