@@ -24,7 +24,7 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 from PIL import Image, ImageDraw
-from playwright.sync_api import ConsoleMessage, Page, expect, sync_playwright
+from playwright.sync_api import BrowserContext, ConsoleMessage, Page, expect, sync_playwright
 
 from services.common.avro import PREDICTIONS, nest_origin
 from services.common.settings import KafkaSettings
@@ -142,22 +142,42 @@ def sink(kafka: None, tmp_path: Path) -> Iterator[Sink]:
     settings = KafkaSettings()
     api_port, metrics_port = free_port(), free_port()
     with ImageServer() as images:
-        env = {
-            "SINK_API_HOST": "127.0.0.1",
-            "SINK_API_PORT": str(api_port),
-            "SINK_METRICS_PORT": str(metrics_port),
-            "SINK_GROUP_ID": topic,
-            "SINK_INPUT_TOPIC": topic,
-            "SINK_DATABASE_PATH": str(tmp_path / "predictions.db"),
-            "SINK_DATABASE_URL": "",
-            "SINK_GALLERY_IMAGE_SOURCES": images.origin,
-        }
+        env = sink_env(topic, api_port, metrics_port, tmp_path / "predictions.db", images.origin)
         try:
             with service("sink", env, tmp_path / "sink.log", metrics_port) as process:
                 yield Sink(f"http://127.0.0.1:{api_port}", topic, Producer(settings.client_config()), images.origin)
             assert process.returncode == 0, (tmp_path / "sink.log").read_text()[-3000:]
         finally:
             AdminClient(settings.client_config()).delete_topics([topic, f"{topic}.dlq", f"{topic}.shed"])
+
+
+def sink_env(topic: str, api_port: int, metrics_port: int, database: Path, images_origin: str) -> dict[str, str]:
+    """A sink of a test's own: its topic and group, ports, SQLite file and image host."""
+    return {
+        "SINK_API_HOST": "127.0.0.1",
+        "SINK_API_PORT": str(api_port),
+        "SINK_METRICS_PORT": str(metrics_port),
+        "SINK_GROUP_ID": topic,
+        "SINK_INPUT_TOPIC": topic,
+        "SINK_DATABASE_PATH": str(database),
+        "SINK_DATABASE_URL": "",
+        "SINK_GALLERY_IMAGE_SOURCES": images_origin,
+    }
+
+
+def open_page(context: BrowserContext, problems: list[str]) -> Page:
+    """A page of `context` at a desktop size; its page errors, console errors and warnings go
+    to `problems`."""
+    page = context.new_page()
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type in ("error", "warning"):
+            problems.append(f"console {message.type}: {message.text}")
+
+    page.on("console", on_console)
+    return page
 
 
 def launch_args(profile: Path) -> dict[str, Any]:
@@ -210,15 +230,7 @@ def test_the_gallery_shows_filters_and_updates_live(sink: Sink, tmp_path: Path) 
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(**launch_args(tmp_path / "profile"))
         try:
-            page = context.new_page()
-            page.set_viewport_size({"width": 1280, "height": 900})
-            page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-
-            def on_console(message: ConsoleMessage) -> None:
-                if message.type in ("error", "warning"):
-                    problems.append(f"console {message.type}: {message.text}")
-
-            page.on("console", on_console)
+            page = open_page(context, problems)
             page.goto(sink.url + "/")
 
             # The page loads and shows every image with its hashtags, scores and latency.

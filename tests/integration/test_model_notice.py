@@ -19,14 +19,14 @@ from typing import Any
 
 import pytest
 from confluent_kafka.admin import AdminClient
-from playwright.sync_api import ConsoleMessage, Page, expect, sync_playwright
+from playwright.sync_api import Page, expect, sync_playwright
 
 from services.common.settings import KafkaSettings
 from tools.model.export import with_weights_parameter
 
 from .processes import ROOT, Triton, free_port, fresh_topics, service, wait_until
 from .test_classifier import classifier_env, image_record, photo_pixels, produce
-from .test_gallery import ARTIFACTS, CHROMIUM, WAIT_MS, ImageServer, launch_args
+from .test_gallery import ARTIFACTS, CHROMIUM, WAIT_MS, ImageServer, launch_args, open_page, sink_env
 
 pytestmark = pytest.mark.integration
 
@@ -91,20 +91,11 @@ def test_the_gallery_and_the_api_say_when_the_hashtags_mean_nothing_and_follow_a
         def post(n: int) -> dict[str, Any]:
             return image_record(str(70_000 + n), pixels) | {"image_url": f"{images.origin}/{n}.png"}
 
-        sink_env = {
-            "SINK_API_HOST": "127.0.0.1",
-            "SINK_API_PORT": str(api_port),
-            "SINK_METRICS_PORT": str(sink_metrics),
-            "SINK_GROUP_ID": topics[1],
-            "SINK_INPUT_TOPIC": topics[1],
-            "SINK_DATABASE_PATH": str(tmp_path / "predictions.db"),
-            "SINK_DATABASE_URL": "",
-            "SINK_GALLERY_IMAGE_SOURCES": images.origin,
-        }
+        sink = sink_env(topics[1], api_port, sink_metrics, tmp_path / "predictions.db", images.origin)
         triton.start()
         try:
             with (
-                service("sink", sink_env, tmp_path / "sink.log", sink_metrics),
+                service("sink", sink, tmp_path / "sink.log", sink_metrics),
                 sync_playwright() as playwright,
             ):
                 assert get_json(f"{api}/api/model") == {"model": None}
@@ -120,15 +111,7 @@ def test_the_gallery_and_the_api_say_when_the_hashtags_mean_nothing_and_follow_a
 
                 context = playwright.chromium.launch_persistent_context(**launch_args(tmp_path / "profile"))
                 try:
-                    page = context.new_page()
-                    page.set_viewport_size({"width": 1280, "height": 900})
-                    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-
-                    def on_console(message: ConsoleMessage) -> None:
-                        if message.type in ("error", "warning"):
-                            problems.append(f"console {message.type}: {message.text}")
-
-                    page.on("console", on_console)
+                    page = open_page(context, problems)
                     page.goto(api + "/")
                     notice = page.locator("#model-notice")
                     expect(page.locator("#grid .card")).to_have_count(3, timeout=WAIT_MS)
